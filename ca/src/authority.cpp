@@ -1,0 +1,310 @@
+#include "keyline/ca/authority.hpp"
+
+#include <ctime>
+
+#include "keyline/core/hex.hpp"
+#include "signing.hpp"
+
+namespace keyline::ca {
+
+namespace {
+
+Result<X509ExtPtr> make_ext(X509V3_CTX* ctx, int nid, const char* value) {
+  X509ExtPtr ext(X509V3_EXT_nconf_nid(nullptr, ctx, nid, value));
+  if (!ext)
+    return std::unexpected(openssl_error(Domain::openssl, std::string("building extension ") +
+                                                              OBJ_nid2sn(nid) + "=" + value));
+  return ext;
+}
+
+Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
+  KL_TRY(X509ExtPtr ext, make_ext(ctx, nid, value));
+  if (!X509_add_ext(cert, ext.get(), -1))
+    return std::unexpected(openssl_error(Domain::openssl, "adding an extension"));
+  return {};
+}
+
+TimePoint from_asn1(const ASN1_TIME* t) {
+  std::tm tm{};
+  ASN1_TIME_to_tm(t, &tm);
+  return TimePoint(std::chrono::seconds(timegm(&tm)));
+}
+
+Status set_time(ASN1_TIME* field, TimePoint t) {
+  if (!ASN1_TIME_set(field, static_cast<std::time_t>(t.time_since_epoch().count())))
+    return std::unexpected(openssl_error(Domain::openssl, "setting a certificate time"));
+  return {};
+}
+
+Status add_name_entry(X509_NAME* name, const char* field, std::string_view value) {
+  if (!X509_NAME_add_entry_by_txt(name, field, MBSTRING_UTF8,
+                                  reinterpret_cast<const unsigned char*>(value.data()),
+                                  static_cast<int>(value.size()), -1, 0))
+    return std::unexpected(openssl_error(Domain::input, std::string("subject ") + field + " '" +
+                                                            std::string(value) + "' is invalid"));
+  return {};
+}
+
+// hardwareModuleName ::= SEQUENCE { hwType OBJECT IDENTIFIER, hwSerialNum OCTET STRING }
+// (RFC 4108 §5), carried in an otherName with type-id id-on-hardwareModuleName.
+Result<GENERAL_NAME*> hardware_module_name(const std::string& oid, std::string_view serial) {
+  ASN1_OBJECT* hw_type = OBJ_txt2obj(oid.c_str(), 1);
+  if (!hw_type) return std::unexpected(openssl_error(Domain::input, "hardware_module_oid '" + oid + "' is not an OID"));
+  unsigned char* oid_der = nullptr;
+  int oid_len = i2d_ASN1_OBJECT(hw_type, &oid_der);
+  ASN1_OBJECT_free(hw_type);
+  if (oid_len <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding hwType"));
+  Bytes body(oid_der, oid_der + oid_len);
+  OPENSSL_free(oid_der);
+  detail::der_append_tlv(body, 0x04, ByteView(reinterpret_cast<const unsigned char*>(serial.data()), serial.size()));
+  Bytes seq;
+  detail::der_append_tlv(seq, 0x30, body);
+
+  ASN1_STRING* str = ASN1_STRING_type_new(V_ASN1_SEQUENCE);
+  ASN1_STRING_set(str, seq.data(), static_cast<int>(seq.size()));
+  ASN1_TYPE* value = ASN1_TYPE_new();
+  ASN1_TYPE_set(value, V_ASN1_SEQUENCE, str);
+  GENERAL_NAME* gen = GENERAL_NAME_new();
+  // id-on-hardwareModuleName (RFC 4108 §5); OpenSSL 3.0 has no NID for it.
+  ASN1_OBJECT* type_id = OBJ_txt2obj("1.3.6.1.5.5.7.8.4", 1);
+  if (!GENERAL_NAME_set0_othername(gen, type_id, value)) {
+    ASN1_OBJECT_free(type_id);
+    ASN1_TYPE_free(value);
+    GENERAL_NAME_free(gen);
+    return std::unexpected(openssl_error(Domain::openssl, "building hardwareModuleName"));
+  }
+  return gen;
+}
+
+}  // namespace
+
+std::string_view to_string(RevocationReason r) noexcept {
+  switch (r) {
+    case RevocationReason::unspecified: return "unspecified";
+    case RevocationReason::key_compromise: return "keyCompromise";
+    case RevocationReason::ca_compromise: return "cACompromise";
+    case RevocationReason::affiliation_changed: return "affiliationChanged";
+    case RevocationReason::superseded: return "superseded";
+    case RevocationReason::cessation_of_operation: return "cessationOfOperation";
+    case RevocationReason::certificate_hold: return "certificateHold";
+    case RevocationReason::privilege_withdrawn: return "privilegeWithdrawn";
+  }
+  return "unspecified";
+}
+
+Result<RevocationReason> parse_revocation_reason(std::string_view text) {
+  for (auto r : {RevocationReason::unspecified, RevocationReason::key_compromise,
+                 RevocationReason::ca_compromise, RevocationReason::affiliation_changed,
+                 RevocationReason::superseded, RevocationReason::cessation_of_operation,
+                 RevocationReason::certificate_hold, RevocationReason::privilege_withdrawn})
+    if (to_string(r) == text) return r;
+  return fail(Domain::usage, "unknown revocation reason '" + std::string(text) +
+                                 "' (use unspecified, keyCompromise, cACompromise, affiliationChanged, "
+                                 "superseded, cessationOfOperation, certificateHold or privilegeWithdrawn)");
+}
+
+Status validate_device_serial(std::string_view serial) {
+  if (serial.empty() || serial.size() > 64)
+    return fail(Domain::input, "device serial number must be 1 to 64 characters");
+  for (std::size_t i = 0; i < serial.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(serial[i]);
+    if (c < 0x20 || c > 0x7e)
+      return fail(Domain::input, "device serial number has a non-printable character at position " +
+                                     std::to_string(i + 1));
+  }
+  return {};
+}
+
+Result<Authority> Authority::create(X509Ptr issuer, std::vector<X509Ptr> chain,
+                                    std::shared_ptr<const hsm::Signer> signer, const Clock& clock,
+                                    Rng& rng) {
+  KL_TRY(Bytes cert_spki, hsm::public_key_der(X509_get0_pubkey(issuer.get())));
+  if (cert_spki != signer->public_key())
+    return fail(Domain::keystore, "the key " + signer->describe() +
+                                      " does not belong to the issuer certificate " +
+                                      name_to_string(X509_get_subject_name(issuer.get())));
+  return Authority(std::move(issuer), std::move(chain), std::move(signer), clock, rng);
+}
+
+Bytes Authority::random_serial() const {
+  Bytes serial(16);
+  rng_->fill(serial);
+  serial[0] = static_cast<unsigned char>((serial[0] & 0x7f) | 0x40);
+  return serial;
+}
+
+std::string Authority::chain_pem() const {
+  std::string out = to_pem(issuer_.get());
+  for (auto& c : chain_) out += to_pem(c.get());
+  return out;
+}
+
+Result<IssuedCertificate> Authority::issue(const IssueRequest& request,
+                                           const Profile& profile) const {
+  bool needs_serial = profile.serial_number_attribute || !profile.hardware_module_oid.empty();
+  if (needs_serial && !request.device_serial)
+    return fail(Domain::policy, "profile '" + profile.name +
+                                    "' puts the device serial number in the certificate; give it (--device-serial)");
+  if (request.device_serial) KL_CHECK(validate_device_serial(*request.device_serial));
+  KL_TRY(EvpPkeyPtr subject_key, hsm::public_key_from_der(request.public_key));
+
+  X509Ptr cert(X509_new());
+  X509_set_version(cert.get(), X509_VERSION_3);
+  Bytes serial = random_serial();
+  BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
+  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
+
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer_.get()));
+  X509NamePtr subject(X509_NAME_new());
+  if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(subject.get(), "C", profile.subject_c));
+  if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(subject.get(), "O", profile.subject_o));
+  if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(subject.get(), "OU", profile.subject_ou));
+  KL_CHECK(add_name_entry(subject.get(), "CN", request.registration_id.str()));
+  if (profile.serial_number_attribute)
+    KL_CHECK(add_name_entry(subject.get(), "serialNumber", *request.device_serial));
+  X509_set_subject_name(cert.get(), subject.get());
+
+  TimePoint now = clock_->now();
+  KL_CHECK(set_time(X509_getm_notBefore(cert.get()), now - profile.backdate));
+  if (profile.validity_days) {
+    TimePoint until = now + std::chrono::days(*profile.validity_days);
+    TimePoint issuer_until = from_asn1(X509_get0_notAfter(issuer_.get()));
+    if (until > issuer_until) until = issuer_until;  // a leaf never outlives its issuer
+    KL_CHECK(set_time(X509_getm_notAfter(cert.get()), until));
+  } else if (!ASN1_TIME_set_string_X509(X509_getm_notAfter(cert.get()), "99991231235959Z")) {
+    return std::unexpected(openssl_error(Domain::openssl, "setting notAfter to 99991231235959Z"));
+  }
+  X509_set_pubkey(cert.get(), subject_key.get());
+
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer_.get(), cert.get(), nullptr, nullptr, 0);
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+  bool ec = EVP_PKEY_is_a(subject_key.get(), "EC");
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage,
+                   ec && profile.key_agreement ? "critical,digitalSignature,keyAgreement"
+                                               : "critical,digitalSignature"));
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_ext_key_usage, "clientAuth"));
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+
+  if (!profile.uri_san_template.empty() || !profile.hardware_module_oid.empty()) {
+    GeneralNamesPtr names(sk_GENERAL_NAME_new_null());
+    if (!profile.uri_san_template.empty()) {
+      std::string uri = profile.uri_san_template;
+      const std::string key = "{registration_id}";
+      for (auto pos = uri.find(key); pos != std::string::npos; pos = uri.find(key))
+        uri.replace(pos, key.size(), request.registration_id.str());
+      GENERAL_NAME* gen = GENERAL_NAME_new();
+      ASN1_IA5STRING* ia5 = ASN1_IA5STRING_new();
+      ASN1_STRING_set(ia5, uri.data(), static_cast<int>(uri.size()));
+      GENERAL_NAME_set0_value(gen, GEN_URI, ia5);
+      sk_GENERAL_NAME_push(names.get(), gen);
+    }
+    if (!profile.hardware_module_oid.empty()) {
+      KL_TRY(GENERAL_NAME * gen, hardware_module_name(profile.hardware_module_oid, *request.device_serial));
+      sk_GENERAL_NAME_push(names.get(), gen);
+    }
+    if (!X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT))
+      return std::unexpected(openssl_error(Domain::openssl, "adding subjectAltName"));
+  }
+
+  KL_TRY(X509Ptr signed_cert, detail::sign_certificate(cert.get(), *signer_));
+  return describe(*signed_cert);
+}
+
+Result<IssuedCertificate> describe(const X509& cert_ref) {
+  X509* cert = const_cast<X509*>(&cert_ref);
+  IssuedCertificate out;
+  KL_TRY(out.der, to_der(cert));
+  out.pem = to_pem(cert);
+  BignumPtr bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
+  char* hex = BN_bn2hex(bn.get());
+  out.serial_hex = hex;
+  OPENSSL_free(hex);
+  const X509_NAME* subject = X509_get_subject_name(cert);
+  out.subject = name_to_string(subject);
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx >= 0) {
+    unsigned char* utf8 = nullptr;
+    int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+    if (len >= 0) {
+      out.registration_id.assign(reinterpret_cast<char*>(utf8), static_cast<std::size_t>(len));
+      OPENSSL_free(utf8);
+    }
+  }
+  out.cert_sha256 = sha256_hex(out.der);
+  KL_TRY(Bytes spki, hsm::public_key_der(X509_get0_pubkey(cert)));
+  out.pubkey_sha256 = sha256_hex(spki);
+  out.not_before = from_asn1(X509_get0_notBefore(cert));
+  out.not_after = from_asn1(X509_get0_notAfter(cert));
+  return out;
+}
+
+Result<X509CrlPtr> Authority::crl(std::uint64_t number, std::span<const RevokedEntry> revoked,
+                                  std::chrono::days validity) const {
+  X509CrlPtr crl(X509_CRL_new());
+  X509_CRL_set_version(crl.get(), X509_CRL_VERSION_2);
+  X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(issuer_.get()));
+  TimePoint now = clock_->now();
+  Asn1TimePtr this_update(ASN1_TIME_new()), next_update(ASN1_TIME_new());
+  KL_CHECK(set_time(this_update.get(), now));
+  KL_CHECK(set_time(next_update.get(), now + validity));
+  X509_CRL_set1_lastUpdate(crl.get(), this_update.get());
+  X509_CRL_set1_nextUpdate(crl.get(), next_update.get());
+
+  for (const auto& entry : revoked) {
+    X509_REVOKED* r = X509_REVOKED_new();
+    BignumPtr bn(BN_bin2bn(entry.serial.data(), static_cast<int>(entry.serial.size()), nullptr));
+    Asn1IntegerPtr serial(BN_to_ASN1_INTEGER(bn.get(), nullptr));
+    X509_REVOKED_set_serialNumber(r, serial.get());
+    Asn1TimePtr when(ASN1_TIME_new());
+    ASN1_TIME_set(when.get(), static_cast<std::time_t>(entry.revoked_at.time_since_epoch().count()));
+    X509_REVOKED_set_revocationDate(r, when.get());
+    if (entry.reason != RevocationReason::unspecified) {
+      ASN1_ENUMERATED* code = ASN1_ENUMERATED_new();
+      ASN1_ENUMERATED_set(code, static_cast<long>(entry.reason));
+      X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, code, 0, 0);
+      ASN1_ENUMERATED_free(code);
+    }
+    X509_CRL_add0_revoked(crl.get(), r);
+  }
+  X509_CRL_sort(crl.get());
+
+  Asn1IntegerPtr crl_number(ASN1_INTEGER_new());
+  ASN1_INTEGER_set_uint64(crl_number.get(), number);
+  X509_CRL_add1_ext_i2d(crl.get(), NID_crl_number, crl_number.get(), 0, 0);
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer_.get(), nullptr, nullptr, crl.get(), 0);
+  KL_TRY(X509ExtPtr aki, make_ext(&ctx, NID_authority_key_identifier, "keyid:always"));
+  X509_CRL_add_ext(crl.get(), aki.get(), -1);
+  return detail::sign_crl(crl.get(), *signer_);
+}
+
+Result<X509Ptr> Authority::verification_certificate(std::string_view code) const {
+  if (code.empty() || code.size() > 64)
+    return fail(Domain::input, "verification code must be 1 to 64 characters (copy it from the DPS portal or 'az iot dps certificate generate-verification-code')");
+  for (char c : code)
+    if (static_cast<unsigned char>(c) < 0x21 || static_cast<unsigned char>(c) > 0x7e)
+      return fail(Domain::input, "verification code has a space or non-printable character");
+  X509Ptr cert(X509_new());
+  X509_set_version(cert.get(), X509_VERSION_3);
+  Bytes serial = random_serial();
+  BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
+  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer_.get()));
+  X509NamePtr subject(X509_NAME_new());
+  KL_CHECK(add_name_entry(subject.get(), "CN", code));
+  X509_set_subject_name(cert.get(), subject.get());
+  TimePoint now = clock_->now();
+  KL_CHECK(set_time(X509_getm_notBefore(cert.get()), now - std::chrono::minutes(5)));
+  KL_CHECK(set_time(X509_getm_notAfter(cert.get()), now + std::chrono::days(30)));
+  X509_set_pubkey(cert.get(), X509_get0_pubkey(issuer_.get()));
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer_.get(), cert.get(), nullptr, nullptr, 0);
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature"));
+  KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+  return detail::sign_certificate(cert.get(), *signer_);
+}
+
+}  // namespace keyline::ca

@@ -1,0 +1,49 @@
+#pragma once
+// File-system primitives with the guarantees the station promises:
+// writes are atomic (temp file in the same directory, fsync, rename), reads
+// are bounded, and every failure names the path and the errno text.
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "keyline/core/error.hpp"
+
+namespace keyline::files {
+
+namespace fs = std::filesystem;
+
+// Reads at most `max_bytes`; a larger file is an input error naming the limit.
+Result<std::string> read(const fs::path& path, std::size_t max_bytes = 64u << 20);
+
+// Writes `data` to `path` atomically with the given permission bits.
+// Either the old content or the new one is visible, never a mix.
+Status write_atomic(const fs::path& path, std::string_view data, unsigned mode = 0644);
+
+// Writes to a temp file beside `path` and returns its name; publish() renames it.
+// Lets a caller commit something else (a ledger row) between write and rename.
+class PendingFile {
+ public:
+  static Result<PendingFile> create(const fs::path& path, std::string_view data, unsigned mode);
+  PendingFile(PendingFile&&) noexcept;
+  PendingFile& operator=(PendingFile&&) = delete;
+  PendingFile(const PendingFile&) = delete;
+  ~PendingFile();  // removes the temp file unless published
+  Status publish();
+  const fs::path& target() const { return target_; }
+
+ private:
+  PendingFile(fs::path tmp, fs::path target) : tmp_(std::move(tmp)), target_(std::move(target)) {}
+  fs::path tmp_;
+  fs::path target_;
+  bool done_ = false;
+};
+
+// Creates `dir` (and parents) if missing; sets `mode` on the last component when created.
+Status ensure_dir(const fs::path& dir, unsigned mode = 0700);
+
+// "path: strerror(errno)" for messages.
+std::string errno_text(const fs::path& path, int err);
+
+}  // namespace keyline::files

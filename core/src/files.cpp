@@ -1,0 +1,136 @@
+#include "keyline/core/files.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+namespace keyline::files {
+
+std::string errno_text(const fs::path& path, int err) {
+  return path.string() + ": " + std::strerror(err);
+}
+
+Result<std::string> read(const fs::path& path, std::size_t max_bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return fail(err == ENOENT || err == EISDIR ? Domain::input : Domain::io,
+                "cannot read " + errno_text(path, err), err);
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return fail(Domain::io, "cannot read " + errno_text(path, err), err);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() > max_bytes) {
+      ::close(fd);
+      return fail(Domain::input, path.string() + " is larger than the " +
+                                     std::to_string(max_bytes) + "-byte limit for this input");
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+namespace {
+
+std::atomic<unsigned> g_counter{0};
+
+Result<fs::path> write_temp(const fs::path& path, std::string_view data, unsigned mode) {
+  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  fs::path tmp = dir / ("." + path.filename().string() + ".tmp." + std::to_string(::getpid()) +
+                        "." + std::to_string(g_counter++));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    int err = errno;
+    return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+  }
+  ::fchmod(fd, mode);
+  std::size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+  }
+  return tmp;
+}
+
+Status rename_into_place(const fs::path& tmp, const fs::path& path) {
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+  }
+  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+}  // namespace
+
+Status write_atomic(const fs::path& path, std::string_view data, unsigned mode) {
+  KL_TRY(fs::path tmp, write_temp(path, data, mode));
+  return rename_into_place(tmp, path);
+}
+
+Result<PendingFile> PendingFile::create(const fs::path& path, std::string_view data,
+                                        unsigned mode) {
+  KL_TRY(fs::path tmp, write_temp(path, data, mode));
+  return PendingFile(std::move(tmp), path);
+}
+
+PendingFile::PendingFile(PendingFile&& o) noexcept
+    : tmp_(std::move(o.tmp_)), target_(std::move(o.target_)), done_(o.done_) {
+  o.done_ = true;
+}
+
+PendingFile::~PendingFile() {
+  if (!done_) ::unlink(tmp_.c_str());
+}
+
+Status PendingFile::publish() {
+  done_ = true;
+  return rename_into_place(tmp_, target_);
+}
+
+Status ensure_dir(const fs::path& dir, unsigned mode) {
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return {};
+  if (!dir.parent_path().empty() && dir.parent_path() != dir) {
+    fs::create_directories(dir.parent_path(), ec);
+  }
+  if (::mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) {
+    int err = errno;
+    return fail(Domain::io, "cannot create directory " + errno_text(dir, err), err);
+  }
+  ::chmod(dir.c_str(), mode);
+  return {};
+}
+
+}  // namespace keyline::files

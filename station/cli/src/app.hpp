@@ -1,0 +1,60 @@
+#pragma once
+// The keyline program: shared context of all sub-commands.
+
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "keyline/core/clock.hpp"
+#include "keyline/core/error.hpp"
+#include "keyline/station/state_dir.hpp"
+
+namespace keyline::cli {
+
+struct Globals {
+  std::string state_dir;
+  std::string config_file;
+  std::string log_level;
+  std::string log_format = "text";
+  bool json = false;
+};
+
+// What a command handler gets: resolved state dir, clock, rng, output mode.
+class Context {
+ public:
+  Context(const Globals& g, const Clock& clock, Rng& rng);
+
+  const station::StateDir& state() const { return state_; }
+  const Clock& clock() const { return clock_; }
+  Rng& rng() const { return rng_; }
+  bool json() const { return json_; }
+
+  // Prints a JSON document (with --json) or the text rendering.
+  void print(const nlohmann::json& doc, const std::function<void(std::ostream&)>& text) const;
+
+ private:
+  station::StateDir state_;
+  const Clock& clock_;
+  Rng& rng_;
+  bool json_;
+};
+
+using Handler = std::function<Status(const Context&)>;
+
+// Each registers its sub-commands; the handler to run is stored in `run`.
+void add_ca_commands(CLI::App& app, Handler& run);
+void add_ledger_commands(CLI::App& app, Handler& run);
+
+// Reads a whole input file for a command; "-" is standard input.
+Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);
+
+// Writes `data` to `out` atomically, or to stdout when `out` is empty.
+Status write_output(const std::string& out, const std::string& data, unsigned mode = 0644);
+
+std::string iso_time(std::int64_t seconds);
+
+}  // namespace keyline::cli

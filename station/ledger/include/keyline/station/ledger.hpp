@@ -1,0 +1,133 @@
+#pragma once
+// station::Ledger -- the station's record of everything it issued, in SQLite
+// (WAL, synchronous=FULL, file mode 0600). One writer at a time (SQLite's
+// lock; BEGIN IMMEDIATE), any number of readers.
+//
+// Invariants enforced by the schema, not only by code:
+//   * a certificate serial appears once (UNIQUE);
+//   * at most one *active* certificate per (registration ID, profile)
+//     (partial UNIQUE index);
+//   * status is one of active / revoked / superseded (CHECK).
+// Versioned migrations (PRAGMA user_version) run forward on open, each in a
+// transaction; a ledger newer than this program is refused.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "keyline/core/error.hpp"
+#include "keyline/core/openssl.hpp"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace keyline::station {
+
+struct CertificateRecord {
+  std::string serial;  // upper-case hex
+  std::string registration_id;
+  std::string profile;
+  std::string subject;
+  std::string cert_sha256;
+  std::string pubkey_sha256;
+  std::int64_t not_before = 0;  // seconds since the epoch, UTC
+  std::int64_t not_after = 0;
+  std::string status = "active";
+  std::int64_t issued_at = 0;
+  std::optional<std::int64_t> revoked_at;
+  std::string revocation_reason;
+  std::string superseded_by;
+  Bytes der;
+};
+
+struct CertificateFilter {
+  std::optional<std::string> registration_id;
+  std::optional<std::string> status;
+};
+
+struct CrlRecord {
+  std::uint64_t number = 0;
+  std::int64_t this_update = 0;
+  std::int64_t next_update = 0;
+  Bytes der;
+};
+
+class Ledger {
+ public:
+  static constexpr int kSchemaVersion = 2;
+
+  // Creates a new ledger file (refuses an existing one) at the current schema.
+  static Result<Ledger> create(const std::filesystem::path& path);
+  // Opens an existing ledger and migrates it forward. A missing file, a file
+  // that is not a Keyline ledger, or a corrupt one is a state error that says so.
+  static Result<Ledger> open(const std::filesystem::path& path);
+  // For migration tests: creates a ledger at an older schema version.
+  static Result<Ledger> create_at_version(const std::filesystem::path& path, int version);
+
+  Ledger(Ledger&&) noexcept;
+  Ledger& operator=(Ledger&&) noexcept;
+  ~Ledger();
+
+  int schema_version() const;
+  const std::filesystem::path& path() const { return path_; }
+
+  // RAII transaction: BEGIN IMMEDIATE; rolled back unless commit() succeeds.
+  class Transaction {
+   public:
+    Transaction(Transaction&& o) noexcept : ledger_(o.ledger_) { o.ledger_ = nullptr; }
+    Transaction& operator=(Transaction&&) = delete;
+    ~Transaction();
+    Status commit();
+
+   private:
+    friend class Ledger;
+    explicit Transaction(Ledger* l) : ledger_(l) {}
+    Ledger* ledger_;
+  };
+  Result<Transaction> begin();
+
+  // Inserts a certificate. With `supersede`, an active certificate for the
+  // same (registration ID, profile) becomes "superseded" first; without it,
+  // such a certificate makes this a policy error naming its serial.
+  // Call inside a transaction.
+  Status insert_certificate(const CertificateRecord& record, bool supersede);
+
+  Result<std::optional<CertificateRecord>> certificate(const std::string& serial);
+  Result<std::optional<CertificateRecord>> active_certificate(const std::string& registration_id,
+                                                              const std::string& profile);
+  // Streams matching certificates (without DER) in issue order.
+  Status for_each_certificate(const CertificateFilter& filter,
+                              const std::function<void(const CertificateRecord&)>& fn);
+  Result<std::map<std::string, std::int64_t>> counts_by_status();
+
+  // Marks an active or superseded certificate revoked. Unknown serial:
+  // input error; already revoked: policy error. Call inside a transaction.
+  Status revoke(const std::string& serial, const std::string& reason, std::int64_t when);
+  Result<std::vector<CertificateRecord>> revoked();
+
+  Result<std::uint64_t> next_crl_number();
+  Status insert_crl(const CrlRecord& crl);
+
+  Status set_meta(const std::string& key, const std::string& value);
+  Result<std::optional<std::string>> meta(const std::string& key);
+
+  // Low-level access for station parts that add their own tables.
+  sqlite3* handle() const noexcept { return db_; }
+  Status exec(const char* sql);
+
+ private:
+  Ledger(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
+  static Result<Ledger> open_impl(const std::filesystem::path& path, bool create, int target);
+  Status migrate(int target);
+  Error sqlite_error(const std::string& what) const;
+
+  sqlite3* db_ = nullptr;
+  std::filesystem::path path_;
+};
+
+}  // namespace keyline::station

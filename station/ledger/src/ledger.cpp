@@ -1,0 +1,417 @@
+#include "keyline/station/ledger.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "keyline/core/files.hpp"
+
+namespace keyline::station {
+
+namespace {
+
+constexpr int kApplicationId = 0x4B4C4E45;  // "KLNE"
+
+// Each entry moves the schema from version i to i+1.
+constexpr const char* kMigrations[] = {
+    // 1: certificates and station metadata.
+    R"sql(
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    CREATE TABLE certificates (
+      id INTEGER PRIMARY KEY,
+      serial TEXT NOT NULL UNIQUE,
+      registration_id TEXT NOT NULL,
+      profile TEXT NOT NULL,
+      subject TEXT NOT NULL,
+      cert_sha256 TEXT NOT NULL UNIQUE,
+      pubkey_sha256 TEXT NOT NULL,
+      not_before INTEGER NOT NULL,
+      not_after INTEGER NOT NULL,
+      status TEXT NOT NULL CHECK (status IN ('active', 'revoked', 'superseded')),
+      issued_at INTEGER NOT NULL,
+      revoked_at INTEGER,
+      revocation_reason TEXT,
+      superseded_by TEXT,
+      der BLOB NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX certificates_one_active
+      ON certificates (registration_id, profile) WHERE status = 'active';
+    CREATE INDEX certificates_by_registration_id ON certificates (registration_id);
+    )sql",
+    // 2: issued CRLs, numbered (RFC 5280 §5.2.3).
+    R"sql(
+    CREATE TABLE crls (
+      number INTEGER PRIMARY KEY,
+      this_update INTEGER NOT NULL,
+      next_update INTEGER NOT NULL,
+      der BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX certificates_by_status ON certificates (status);
+    )sql",
+};
+static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
+
+struct StmtDeleter {
+  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
+};
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtDeleter>;
+
+std::string column_text(sqlite3_stmt* s, int i) {
+  auto* p = sqlite3_column_text(s, i);
+  return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
+}
+
+constexpr const char* kCertColumns =
+    "serial, registration_id, profile, subject, cert_sha256, pubkey_sha256, not_before, "
+    "not_after, status, issued_at, revoked_at, revocation_reason, superseded_by";
+
+CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
+  CertificateRecord r;
+  r.serial = column_text(s, 0);
+  r.registration_id = column_text(s, 1);
+  r.profile = column_text(s, 2);
+  r.subject = column_text(s, 3);
+  r.cert_sha256 = column_text(s, 4);
+  r.pubkey_sha256 = column_text(s, 5);
+  r.not_before = sqlite3_column_int64(s, 6);
+  r.not_after = sqlite3_column_int64(s, 7);
+  r.status = column_text(s, 8);
+  r.issued_at = sqlite3_column_int64(s, 9);
+  if (sqlite3_column_type(s, 10) != SQLITE_NULL) r.revoked_at = sqlite3_column_int64(s, 10);
+  r.revocation_reason = column_text(s, 11);
+  r.superseded_by = column_text(s, 12);
+  if (with_der) {
+    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 13));
+    r.der.assign(p, p + sqlite3_column_bytes(s, 13));
+  }
+  return r;
+}
+
+}  // namespace
+
+Error Ledger::sqlite_error(const std::string& what) const {
+  int code = sqlite3_extended_errcode(db_);
+  int primary = code & 0xff;
+  std::string msg = what + " in ledger " + path_.string() + ": " + sqlite3_errmsg(db_);
+  if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)
+    return Error(Domain::state, "ledger " + path_.string() +
+                                    " is corrupt or not a database (" + sqlite3_errmsg(db_) +
+                                    "); restore it from a backup -- do not re-initialise, the "
+                                    "issued certificates are recorded there", code);
+  if (primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN || primary == SQLITE_PERM)
+    return Error(Domain::state, msg + " (check that the state dir and the ledger are writable by this user)", code);
+  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+    return Error(Domain::state, msg + " (another keyline process holds the ledger; retry when it is done)", code);
+  if (primary == SQLITE_FULL || primary == SQLITE_IOERR)
+    return Error(Domain::state, msg + " (disk full or I/O error)", code);
+  return Error(Domain::sqlite, msg, code);
+}
+
+Status Ledger::exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    sqlite3_free(err);
+    return std::unexpected(sqlite_error("executing SQL"));
+  }
+  return {};
+}
+
+Result<Ledger> Ledger::create(const std::filesystem::path& path) {
+  return open_impl(path, true, kSchemaVersion);
+}
+Result<Ledger> Ledger::open(const std::filesystem::path& path) {
+  return open_impl(path, false, kSchemaVersion);
+}
+Result<Ledger> Ledger::create_at_version(const std::filesystem::path& path, int version) {
+  return open_impl(path, true, version);
+}
+
+Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create, int target) {
+  if (create) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      int err = errno;
+      return fail(Domain::state, "cannot create the ledger " + files::errno_text(path, err), err);
+    }
+    ::close(fd);
+  } else {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0)
+      return fail(Domain::state, "no ledger at " + path.string() +
+                                     "; is this the right state dir? Create one with 'keyline ca init'");
+  }
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+  Ledger ledger(raw, path);
+  if (rc != SQLITE_OK) return std::unexpected(ledger.sqlite_error("opening"));
+  sqlite3_busy_timeout(raw, 10000);
+  sqlite3_extended_result_codes(raw, 1);
+  // The first statement reads the header: a corrupt file fails here.
+  KL_CHECK(ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  Stmt st;
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(raw, "PRAGMA application_id", -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(ledger.sqlite_error("reading the header"));
+  st.reset(s);
+  if (sqlite3_step(s) != SQLITE_ROW) return std::unexpected(ledger.sqlite_error("reading the header"));
+  int app = sqlite3_column_int(s, 0);
+  st.reset();
+  int version = ledger.schema_version();
+  if (create) {
+    KL_CHECK(ledger.exec(("PRAGMA application_id=" + std::to_string(kApplicationId)).c_str()));
+  } else if (app != kApplicationId) {
+    return fail(Domain::state, path.string() + " is an SQLite database but not a Keyline ledger");
+  }
+  if (version > kSchemaVersion)
+    return fail(Domain::state, "ledger " + path.string() + " has schema version " +
+                                   std::to_string(version) + ", newer than this keyline (" +
+                                   std::to_string(kSchemaVersion) + "); use a newer keyline");
+  KL_CHECK(ledger.migrate(target));
+  return ledger;
+}
+
+Ledger::Ledger(Ledger&& o) noexcept : db_(o.db_), path_(std::move(o.path_)) { o.db_ = nullptr; }
+Ledger& Ledger::operator=(Ledger&& o) noexcept {
+  if (this != &o) {
+    if (db_) sqlite3_close_v2(db_);
+    db_ = o.db_;
+    path_ = std::move(o.path_);
+    o.db_ = nullptr;
+  }
+  return *this;
+}
+Ledger::~Ledger() {
+  if (db_) sqlite3_close_v2(db_);
+}
+
+int Ledger::schema_version() const {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "PRAGMA user_version", -1, &s, nullptr) != SQLITE_OK) return -1;
+  Stmt st(s);
+  return sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+}
+
+Status Ledger::migrate(int target) {
+  for (int v = schema_version(); v < target; ++v) {
+    KL_TRY(Transaction tx, begin());
+    KL_CHECK(exec(kMigrations[v]));
+    KL_CHECK(exec(("PRAGMA user_version=" + std::to_string(v + 1)).c_str()));
+    KL_CHECK(tx.commit());
+  }
+  return {};
+}
+
+Result<Ledger::Transaction> Ledger::begin() {
+  KL_CHECK(exec("BEGIN IMMEDIATE"));
+  return Transaction(this);
+}
+
+Ledger::Transaction::~Transaction() {
+  if (ledger_) sqlite3_exec(ledger_->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+Status Ledger::Transaction::commit() {
+  Ledger* l = ledger_;
+  ledger_ = nullptr;
+  if (sqlite3_exec(l->db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    Error e = l->sqlite_error("committing");
+    sqlite3_exec(l->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return std::unexpected(e);
+  }
+  return {};
+}
+
+namespace {
+struct Binder {
+  sqlite3_stmt* s;
+  int i = 1;
+  Binder& text(const std::string& v) {
+    sqlite3_bind_text(s, i++, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Binder& opt_text(const std::string& v) {
+    if (v.empty()) sqlite3_bind_null(s, i++);
+    else text(v);
+    return *this;
+  }
+  Binder& int64(std::int64_t v) {
+    sqlite3_bind_int64(s, i++, v);
+    return *this;
+  }
+  Binder& blob(const Bytes& v) {
+    sqlite3_bind_blob(s, i++, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+};
+}  // namespace
+
+Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
+  KL_TRY(auto existing, active_certificate(r.registration_id, r.profile));
+  if (existing && r.status == "active") {
+    if (!supersede)
+      return fail(Domain::policy, "registration ID '" + r.registration_id +
+                                      "' already has an active certificate (serial " + existing->serial +
+                                      ") for profile '" + r.profile +
+                                      "'; use --reissue to supersede it, or revoke it first");
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db_, "UPDATE certificates SET status='superseded', superseded_by=? WHERE serial=?",
+                       -1, &s, nullptr);
+    Stmt st(s);
+    Binder{s}.text(r.serial).text(existing->serial);
+    if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("superseding " + existing->serial));
+  }
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_,
+                         "INSERT INTO certificates (serial, registration_id, profile, subject, "
+                         "cert_sha256, pubkey_sha256, not_before, not_after, status, issued_at, "
+                         "revoked_at, revocation_reason, superseded_by, der) "
+                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("preparing an insert"));
+  Stmt st(s);
+  Binder b{s};
+  b.text(r.serial).text(r.registration_id).text(r.profile).text(r.subject).text(r.cert_sha256)
+      .text(r.pubkey_sha256).int64(r.not_before).int64(r.not_after).text(r.status).int64(r.issued_at);
+  if (r.revoked_at) b.int64(*r.revoked_at);
+  else sqlite3_bind_null(s, b.i++);
+  b.opt_text(r.revocation_reason).opt_text(r.superseded_by).blob(r.der);
+  int rc = sqlite3_step(s);
+  if (rc != SQLITE_DONE) {
+    if ((sqlite3_extended_errcode(db_) & 0xff) == SQLITE_CONSTRAINT)
+      return fail(Domain::policy, "ledger refused certificate " + r.serial + " for '" + r.registration_id +
+                                      "': " + sqlite3_errmsg(db_));
+    return std::unexpected(sqlite_error("recording certificate " + r.serial));
+  }
+  return {};
+}
+
+Result<std::optional<CertificateRecord>> Ledger::certificate(const std::string& serial) {
+  std::string sql = std::string("SELECT ") + kCertColumns + ", der FROM certificates WHERE serial=?";
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("looking up a certificate"));
+  Stmt st(s);
+  Binder{s}.text(serial);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) return std::optional<CertificateRecord>(read_record(s, true));
+  if (rc == SQLITE_DONE) return std::optional<CertificateRecord>();
+  return std::unexpected(sqlite_error("looking up a certificate"));
+}
+
+Result<std::optional<CertificateRecord>> Ledger::active_certificate(const std::string& registration_id,
+                                                                    const std::string& profile) {
+  std::string sql = std::string("SELECT ") + kCertColumns +
+                    ", der FROM certificates WHERE registration_id=? AND profile=? AND status='active'";
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("looking up a certificate"));
+  Stmt st(s);
+  Binder{s}.text(registration_id).text(profile);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) return std::optional<CertificateRecord>(read_record(s, true));
+  if (rc == SQLITE_DONE) return std::optional<CertificateRecord>();
+  return std::unexpected(sqlite_error("looking up a certificate"));
+}
+
+Status Ledger::for_each_certificate(const CertificateFilter& filter,
+                                    const std::function<void(const CertificateRecord&)>& fn) {
+  std::string sql = std::string("SELECT ") + kCertColumns + " FROM certificates WHERE 1=1";
+  if (filter.registration_id) sql += " AND registration_id=?";
+  if (filter.status) sql += " AND status=?";
+  sql += " ORDER BY id";
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("listing certificates"));
+  Stmt st(s);
+  Binder b{s};
+  if (filter.registration_id) b.text(*filter.registration_id);
+  if (filter.status) b.text(*filter.status);
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) fn(read_record(s, false));
+  if (rc != SQLITE_DONE) return std::unexpected(sqlite_error("listing certificates"));
+  return {};
+}
+
+Result<std::map<std::string, std::int64_t>> Ledger::counts_by_status() {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT status, COUNT(*) FROM certificates GROUP BY status", -1, &s,
+                         nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("counting certificates"));
+  Stmt st(s);
+  std::map<std::string, std::int64_t> out{{"active", 0}, {"revoked", 0}, {"superseded", 0}};
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) out[column_text(s, 0)] = sqlite3_column_int64(s, 1);
+  if (rc != SQLITE_DONE) return std::unexpected(sqlite_error("counting certificates"));
+  return out;
+}
+
+Status Ledger::revoke(const std::string& serial, const std::string& reason, std::int64_t when) {
+  KL_TRY(auto existing, certificate(serial));
+  if (!existing)
+    return fail(Domain::input, "no certificate with serial " + serial +
+                                   " in this ledger (list them with 'keyline ledger certificates')");
+  if (existing->status == "revoked")
+    return fail(Domain::policy, "certificate " + serial + " is already revoked (" +
+                                    existing->revocation_reason + ")");
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_, "UPDATE certificates SET status='revoked', revoked_at=?, revocation_reason=? WHERE serial=?",
+                     -1, &s, nullptr);
+  Stmt st(s);
+  Binder{s}.int64(when).text(reason).text(serial);
+  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("revoking " + serial));
+  return {};
+}
+
+Result<std::vector<CertificateRecord>> Ledger::revoked() {
+  std::vector<CertificateRecord> out;
+  KL_CHECK(for_each_certificate({.registration_id = {}, .status = "revoked"},
+                                [&](const CertificateRecord& r) { out.push_back(r); }));
+  return out;
+}
+
+Result<std::uint64_t> Ledger::next_crl_number() {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT COALESCE(MAX(number), 0) + 1 FROM crls", -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("numbering the CRL"));
+  Stmt st(s);
+  if (sqlite3_step(s) != SQLITE_ROW) return std::unexpected(sqlite_error("numbering the CRL"));
+  return static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
+}
+
+Status Ledger::insert_crl(const CrlRecord& crl) {
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_, "INSERT INTO crls (number, this_update, next_update, der) VALUES (?,?,?,?)",
+                     -1, &s, nullptr);
+  Stmt st(s);
+  Binder{s}.int64(static_cast<std::int64_t>(crl.number)).int64(crl.this_update).int64(crl.next_update).blob(crl.der);
+  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("recording CRL"));
+  return {};
+}
+
+Status Ledger::set_meta(const std::string& key, const std::string& value) {
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                     -1, &s, nullptr);
+  Stmt st(s);
+  Binder{s}.text(key).text(value);
+  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("writing " + key));
+  return {};
+}
+
+Result<std::optional<std::string>> Ledger::meta(const std::string& key) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE key=?", -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("reading " + key));
+  Stmt st(s);
+  Binder{s}.text(key);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) return std::optional<std::string>(column_text(s, 0));
+  if (rc == SQLITE_DONE) return std::optional<std::string>();
+  return std::unexpected(sqlite_error("reading " + key));
+}
+
+}  // namespace keyline::station

@@ -1,0 +1,84 @@
+#pragma once
+// station::StateDir -- the station's state directory and what lives in it:
+//
+//   STATE/keyline.toml       configuration (key store URI, key labels, profiles)
+//   STATE/ledger.db          the ledger (SQLite, mode 0600); its presence means "initialised"
+//   STATE/root.pem           the root CA certificate
+//   STATE/intermediate.pem   the issuing (intermediate) CA certificate
+//   STATE/chain.pem          intermediate then root
+//   STATE/keys/              the development file: key store, when used
+//
+// open_authority() wires config + key store + certificates into a
+// ca::Authority; every failure says which file or key and what to do.
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "keyline/ca/authority.hpp"
+#include "keyline/ca/profile.hpp"
+#include "keyline/core/clock.hpp"
+#include "keyline/core/error.hpp"
+#include "keyline/hsm/key_store.hpp"
+#include "keyline/station/ledger.hpp"
+
+namespace keyline::station {
+
+namespace fs = std::filesystem;
+
+struct CaConfig {
+  std::string key_store = "file:keys";
+  std::string root_key = "keyline-root";
+  std::string intermediate_key = "keyline-intermediate";
+};
+
+struct Config {
+  std::string station_id = "station-1";
+  CaConfig ca;
+  std::map<std::string, ca::Profile> profiles;
+  fs::path source;  // where it was read from
+};
+
+// Parses keyline.toml text. Unknown top-level tables are errors naming them.
+Result<Config> parse_config(std::string_view text, std::string_view source);
+// The commented keyline.toml that `ca init` writes.
+std::string default_config_toml(const CaConfig& ca, const std::string& station_id);
+
+class StateDir {
+ public:
+  // `config_override`: --config FILE, else STATE/keyline.toml.
+  explicit StateDir(fs::path root, std::optional<fs::path> config_override = std::nullopt)
+      : root_(std::move(root)), config_override_(std::move(config_override)) {}
+
+  const fs::path& root() const { return root_; }
+  fs::path ledger_path() const { return root_ / "ledger.db"; }
+  fs::path config_path() const { return config_override_ ? *config_override_ : root_ / "keyline.toml"; }
+  fs::path root_cert_path() const { return root_ / "root.pem"; }
+  fs::path intermediate_cert_path() const { return root_ / "intermediate.pem"; }
+  fs::path chain_path() const { return root_ / "chain.pem"; }
+
+  bool initialised() const;
+  // A state error naming `keyline ca init` when the dir is not initialised.
+  Status require_initialised() const;
+
+  Result<Config> load_config() const;
+  Result<Ledger> open_ledger() const;
+  Result<std::unique_ptr<hsm::KeyStore>> open_key_store(const Config& config) const;
+
+  struct Ca {
+    std::unique_ptr<hsm::KeyStore> key_store;
+    std::optional<ca::Authority> authority;
+  };
+  Result<Ca> open_authority(const Config& config, const Clock& clock, Rng& rng) const;
+
+ private:
+  fs::path root_;
+  std::optional<fs::path> config_override_;
+};
+
+// Looks up a profile by name; the error lists the configured ones.
+Result<const ca::Profile*> find_profile(const Config& config, const std::string& name);
+
+}  // namespace keyline::station

@@ -1,0 +1,152 @@
+#include "keyline/station/state_dir.hpp"
+
+#include <toml++/toml.h>
+
+#include "keyline/core/files.hpp"
+#include "keyline/core/log.hpp"
+
+namespace keyline::station {
+
+Result<Config> parse_config(std::string_view text, std::string_view source) {
+  toml::parse_result parsed = toml::parse(text, source);
+  if (!parsed) {
+    const auto& err = parsed.error();
+    return fail(Domain::input, std::string(source) + ":" + std::to_string(err.source().begin.line) +
+                                   ": " + std::string(err.description()));
+  }
+  const toml::table& t = parsed.table();
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key != "station" && key != "ca" && key != "profiles" && key != "dps" && key != "audit")
+      return fail(Domain::input, std::string(source) + ": unknown table [" + std::string(key) +
+                                     "] (known: station, ca, profiles)");
+  }
+  Config c;
+  c.source = fs::path(source);
+  if (auto v = t["station"]["id"]) {
+    auto s = v.value<std::string>();
+    if (!s || s->empty()) return fail(Domain::input, std::string(source) + ": [station] id must be a non-empty string");
+    c.station_id = *s;
+  }
+  auto str = [&](const char* key, std::string& out) -> Status {
+    if (auto v = t["ca"][key]) {
+      auto s = v.value<std::string>();
+      if (!s || s->empty())
+        return fail(Domain::input, std::string(source) + ": [ca] " + key + " must be a non-empty string");
+      out = *s;
+    }
+    return {};
+  };
+  KL_CHECK(str("key_store", c.ca.key_store));
+  KL_CHECK(str("root_key", c.ca.root_key));
+  KL_CHECK(str("intermediate_key", c.ca.intermediate_key));
+  KL_TRY(c.profiles, ca::parse_profiles(text, source));
+  return c;
+}
+
+std::string default_config_toml(const CaConfig& ca, const std::string& station_id) {
+  return "# Keyline station configuration. Written by 'keyline ca init'; edit freely.\n"
+         "# Flags override KEYLINE_* environment variables, which override this file.\n\n"
+         "[station]\n"
+         "id = \"" + station_id + "\"\n\n"
+         "[ca]\n"
+         "# Where the CA private keys live. file: is for development only.\n"
+         "key_store = \"" + ca.key_store + "\"\n"
+         "root_key = \"" + ca.root_key + "\"\n"
+         "intermediate_key = \"" + ca.intermediate_key + "\"\n\n"
+         "# Leaf certificate profiles; 'device' is the default (--profile NAME).\n"
+         "[profiles.device]\n"
+         "validity_days = 365\n"
+         "key_algorithms = [\"ec-p256\", \"ec-p384\", \"rsa\"]\n"
+         "min_rsa_bits = 2048\n"
+         "backdate_minutes = 5\n"
+         "# subject = { O = \"Example Corp\", OU = \"Line 1\", C = \"DE\" }\n"
+         "# uri_san = \"urn:example:device:{registration_id}\"\n"
+         "# key_agreement = true\n"
+         "# allowed_request_extensions = [\"subjectAltName\"]\n\n"
+         "# IEEE 802.1AR-style initial device identity: never expires, carries the\n"
+         "# device serial number (give --device-serial when issuing).\n"
+         "[profiles.idevid]\n"
+         "validity = \"forever\"\n"
+         "key_algorithms = [\"ec-p256\", \"ec-p384\"]\n"
+         "serial_number_attribute = true\n"
+         "# hardware_module_oid = \"1.3.6.1.4.1.99999.1\"\n";
+}
+
+bool StateDir::initialised() const {
+  std::error_code ec;
+  return fs::exists(ledger_path(), ec);
+}
+
+Status StateDir::require_initialised() const {
+  std::error_code ec;
+  if (!fs::is_directory(root_, ec))
+    return fail(Domain::state, "state dir " + root_.string() +
+                                   " does not exist; create a CA there with 'keyline ca init' "
+                                   "(or point --state / KEYLINE_STATE at an existing one)");
+  if (!initialised())
+    return fail(Domain::state, "state dir " + root_.string() +
+                                   " is not initialised (no ledger.db); run 'keyline ca init' first");
+  return {};
+}
+
+Result<Config> StateDir::load_config() const {
+  fs::path path = config_path();
+  auto text = files::read(path, 1 << 20);
+  if (!text) {
+    if (!config_override_ && !initialised()) KL_CHECK(require_initialised());
+    return fail(Domain::state, "cannot read the configuration: " + text.error().message());
+  }
+  return parse_config(*text, path.string());
+}
+
+Result<Ledger> StateDir::open_ledger() const {
+  KL_CHECK(require_initialised());
+  return Ledger::open(ledger_path());
+}
+
+Result<std::unique_ptr<hsm::KeyStore>> StateDir::open_key_store(const Config& config) const {
+  return hsm::open(config.ca.key_store, root_);
+}
+
+namespace {
+Result<X509Ptr> read_cert(const fs::path& path) {
+  auto text = files::read(path, 1 << 20);
+  if (!text) return fail(Domain::state, "cannot read CA certificate: " + text.error().message());
+  auto cert = x509_from_pem(*text, path.string());
+  if (!cert) return fail(Domain::state, cert.error().message());
+  return cert;
+}
+}  // namespace
+
+Result<StateDir::Ca> StateDir::open_authority(const Config& config, const Clock& clock,
+                                             Rng& rng) const {
+  KL_CHECK(require_initialised());
+  Ca out;
+  KL_TRY(out.key_store, open_key_store(config));
+  if (out.key_store->is_development())
+    log::get("hsm")->warn("CA keys are in the development key store {}; use an HSM or TPM in production",
+                          out.key_store->uri());
+  KL_TRY(auto signer, out.key_store->signer(config.ca.intermediate_key));
+  KL_TRY(X509Ptr intermediate, read_cert(intermediate_cert_path()));
+  KL_TRY(X509Ptr root, read_cert(root_cert_path()));
+  std::vector<X509Ptr> chain;
+  chain.push_back(std::move(root));
+  KL_TRY(auto authority, ca::Authority::create(std::move(intermediate), std::move(chain),
+                                               std::move(signer), clock, rng));
+  out.authority.emplace(std::move(authority));
+  return out;
+}
+
+Result<const ca::Profile*> find_profile(const Config& config, const std::string& name) {
+  auto it = config.profiles.find(name);
+  if (it == config.profiles.end()) {
+    std::string known;
+    for (auto& [k, v] : config.profiles) known += (known.empty() ? "" : ", ") + k;
+    return fail(Domain::usage, "no profile '" + name + "' in " + config.source.string() +
+                                   " (configured: " + known + ")");
+  }
+  return &it->second;
+}
+
+}  // namespace keyline::station
