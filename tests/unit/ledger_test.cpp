@@ -1,0 +1,161 @@
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <gtest/gtest.h>
+
+#include "keyline/station/ledger.hpp"
+#include "keyline/testkit/testkit.hpp"
+
+namespace keyline::station {
+namespace {
+
+CertificateRecord record(const std::string& serial, const std::string& id, const std::string& profile = "device") {
+  CertificateRecord r;
+  r.serial = serial;
+  r.registration_id = id;
+  r.profile = profile;
+  r.subject = "CN=" + id;
+  r.cert_sha256 = "C" + serial;
+  r.pubkey_sha256 = "P" + serial;
+  r.not_before = 1;
+  r.not_after = 2;
+  r.issued_at = 1;
+  r.der = {0x30, 0x00};
+  return r;
+}
+
+Status insert(Ledger& l, const CertificateRecord& r, bool supersede = false) {
+  KL_TRY(auto tx, l.begin());
+  KL_CHECK(l.insert_certificate(r, supersede));
+  return tx.commit();
+}
+
+TEST(Ledger, CreatesOwnerOnlyFileAtCurrentSchema) {
+  testkit::TempDir dir;
+  auto l = Ledger::create(dir / "ledger.db");
+  ASSERT_TRUE(l) << l.error().message();
+  EXPECT_EQ(l->schema_version(), Ledger::kSchemaVersion);
+  struct stat st{};
+  ASSERT_EQ(::stat((dir / "ledger.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_FALSE(Ledger::create(dir / "ledger.db"));  // never over an existing file
+}
+
+TEST(Ledger, OneActiveCertificatePerRegistrationIdAndProfile) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  ASSERT_TRUE(insert(l, record("01", "dev-1")));
+  auto dup = insert(l, record("02", "dev-1"));
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().domain(), Domain::policy);
+  EXPECT_NE(dup.error().message().find("--reissue"), std::string::npos);
+  ASSERT_TRUE(insert(l, record("03", "dev-1", "idevid")));  // another profile is fine
+  ASSERT_TRUE(insert(l, record("04", "dev-1"), /*supersede=*/true));
+  auto old = *l.certificate("01");
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->status, "superseded");
+  EXPECT_EQ(old->superseded_by, "04");
+  EXPECT_EQ((*l.active_certificate("dev-1", "device"))->serial, "04");
+  auto counts = *l.counts_by_status();
+  EXPECT_EQ(counts["active"], 2);
+  EXPECT_EQ(counts["superseded"], 1);
+}
+
+TEST(Ledger, SchemaEnforcesInvariantsEvenAgainstRawSql) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  ASSERT_TRUE(insert(l, record("01", "dev-1")));
+  // A second active row for the same id, bypassing the code path: refused by the index.
+  EXPECT_FALSE(l.exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
+                      "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
+                      "('99','dev-1','device','s','c99','p',1,2,'active',1,x'00')"));
+  // A duplicate serial: refused.
+  EXPECT_FALSE(insert(l, record("01", "dev-2")));
+  // An unknown status: refused by CHECK.
+  EXPECT_FALSE(l.exec("UPDATE certificates SET status='lost' WHERE serial='01'"));
+}
+
+TEST(Ledger, FailedTransactionLeavesNothing) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  {
+    auto tx = *l.begin();
+    ASSERT_TRUE(l.insert_certificate(record("01", "a"), false));
+    ASSERT_FALSE(l.insert_certificate(record("01", "b"), false));
+    // tx goes out of scope without commit
+  }
+  EXPECT_FALSE(*l.certificate("01"));
+}
+
+TEST(Ledger, RevokeRules) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  ASSERT_TRUE(insert(l, record("0A", "dev-1")));
+  auto unknown = l.revoke("FF", "keyCompromise", 5);
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().domain(), Domain::input);
+  ASSERT_TRUE(l.revoke("0A", "keyCompromise", 5));
+  auto twice = l.revoke("0A", "keyCompromise", 6);
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().domain(), Domain::policy);
+  auto revoked = *l.revoked();
+  ASSERT_EQ(revoked.size(), 1u);
+  EXPECT_EQ(revoked[0].revoked_at, 5);
+  EXPECT_FALSE(*l.active_certificate("dev-1", "device"));  // a new one may be issued
+  EXPECT_EQ(*l.next_crl_number(), 1u);
+  ASSERT_TRUE(l.insert_crl({1, 1, 2, {0x30}}));
+  EXPECT_EQ(*l.next_crl_number(), 2u);
+}
+
+TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
+  for (int from = 0; from < Ledger::kSchemaVersion; ++from) {
+    testkit::TempDir dir;
+    {
+      auto old = Ledger::create_at_version(dir / "l.db", from);
+      ASSERT_TRUE(old) << old.error().message();
+      EXPECT_EQ(old->schema_version(), from);
+      if (from >= 1) {
+        ASSERT_TRUE(insert(*old, record("01", "kept")));
+      }
+    }
+    auto l = Ledger::open(dir / "l.db");
+    ASSERT_TRUE(l) << "from v" << from << ": " << l.error().message();
+    EXPECT_EQ(l->schema_version(), Ledger::kSchemaVersion);
+    if (from >= 1) {
+      EXPECT_TRUE(*l->certificate("01"));
+    }
+    EXPECT_TRUE(l->next_crl_number());  // v2 table exists
+  }
+}
+
+TEST(Ledger, RefusesNewerCorruptAndForeignFiles) {
+  testkit::TempDir dir;
+  {
+    auto l = *Ledger::create(dir / "new.db");
+    ASSERT_TRUE(l.exec("PRAGMA user_version=99"));
+  }
+  auto newer = Ledger::open(dir / "new.db");
+  ASSERT_FALSE(newer);
+  EXPECT_NE(newer.error().message().find("newer"), std::string::npos);
+
+  testkit::write_file(dir / "corrupt.db", std::string(4096, '\x5a'));
+  auto corrupt = Ledger::open(dir / "corrupt.db");
+  ASSERT_FALSE(corrupt);
+  EXPECT_EQ(corrupt.error().domain(), Domain::state);
+  EXPECT_NE(corrupt.error().message().find("corrupt"), std::string::npos);
+
+  sqlite3* db = nullptr;
+  sqlite3_open((dir / "other.db").c_str(), &db);
+  sqlite3_exec(db, "CREATE TABLE t(x)", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  auto foreign = Ledger::open(dir / "other.db");
+  ASSERT_FALSE(foreign);
+  EXPECT_NE(foreign.error().message().find("not a Keyline ledger"), std::string::npos);
+
+  auto missing = Ledger::open(dir / "missing.db");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message().find("keyline ca init"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace keyline::station
