@@ -2,12 +2,18 @@
 
 #include <ctime>
 
+#include <openssl/sha.h>
+
+#include "der.hpp"
 #include "keyline/core/hex.hpp"
 #include "signing.hpp"
 
 namespace keyline::ca {
 
 namespace {
+
+// notAfter of certificates that never expire (RFC 5280 §4.1.2.5).
+constexpr TimePoint kForever{std::chrono::seconds(253402300799)};  // 9999-12-31T23:59:59Z
 
 Result<X509ExtPtr> make_ext(X509V3_CTX* ctx, int nid, const char* value) {
   X509ExtPtr ext(X509V3_EXT_nconf_nid(nullptr, ctx, nid, value));
@@ -123,7 +129,16 @@ Result<Authority> Authority::create(X509Ptr issuer, std::vector<X509Ptr> chain,
     return fail(Domain::keystore, "the key " + signer->describe() +
                                       " does not belong to the issuer certificate " +
                                       name_to_string(X509_get_subject_name(issuer.get())));
-  return Authority(std::move(issuer), std::move(chain), std::move(signer), clock, rng);
+  Authority a(std::move(issuer), std::move(chain), std::move(signer), clock, rng);
+  unsigned char* name = nullptr;
+  int n = i2d_X509_NAME(X509_get_subject_name(a.issuer_.get()), &name);
+  if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the issuer name"));
+  a.issuer_name_der_.assign(name, name + n);
+  OPENSSL_free(name);
+  if (const ASN1_OCTET_STRING* skid = X509_get0_subject_key_id(a.issuer_.get()))
+    a.issuer_key_id_.assign(ASN1_STRING_get0_data(skid), ASN1_STRING_get0_data(skid) + ASN1_STRING_length(skid));
+  a.issuer_not_after_ = from_asn1(X509_get0_notAfter(a.issuer_.get()));
+  return a;
 }
 
 Bytes Authority::random_serial() const {
@@ -139,13 +154,205 @@ std::string Authority::chain_pem() const {
   return out;
 }
 
-Result<IssuedCertificate> Authority::issue(const IssueRequest& request,
-                                           const Profile& profile) const {
+namespace {
+
+Status check_request(const IssueRequest& request, const Profile& profile) {
   bool needs_serial = profile.serial_number_attribute || !profile.hardware_module_oid.empty();
   if (needs_serial && !request.device_serial)
     return fail(Domain::policy, "profile '" + profile.name +
                                     "' puts the device serial number in the certificate; give it (--device-serial)");
   if (request.device_serial) KL_CHECK(validate_device_serial(*request.device_serial));
+  return {};
+}
+
+Result<X509NamePtr> leaf_subject(const IssueRequest& request, const Profile& profile) {
+  X509NamePtr subject(X509_NAME_new());
+  if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(subject.get(), "C", profile.subject_c));
+  if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(subject.get(), "O", profile.subject_o));
+  if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(subject.get(), "OU", profile.subject_ou));
+  KL_CHECK(add_name_entry(subject.get(), "CN", request.registration_id.str()));
+  if (profile.serial_number_attribute)
+    KL_CHECK(add_name_entry(subject.get(), "serialNumber", *request.device_serial));
+  return subject;
+}
+
+// subjectAltName for the profile, or null when the profile has none.
+Result<GeneralNamesPtr> leaf_alt_names(const IssueRequest& request, const Profile& profile) {
+  if (profile.uri_san_template.empty() && profile.hardware_module_oid.empty()) return GeneralNamesPtr();
+  GeneralNamesPtr names(sk_GENERAL_NAME_new_null());
+  if (!profile.uri_san_template.empty()) {
+    std::string uri = profile.uri_san_template;
+    const std::string key = "{registration_id}";
+    for (auto pos = uri.find(key); pos != std::string::npos; pos = uri.find(key))
+      uri.replace(pos, key.size(), request.registration_id.str());
+    GENERAL_NAME* gen = GENERAL_NAME_new();
+    ASN1_IA5STRING* ia5 = ASN1_IA5STRING_new();
+    ASN1_STRING_set(ia5, uri.data(), static_cast<int>(uri.size()));
+    GENERAL_NAME_set0_value(gen, GEN_URI, ia5);
+    sk_GENERAL_NAME_push(names.get(), gen);
+  }
+  if (!profile.hardware_module_oid.empty()) {
+    KL_TRY(GENERAL_NAME * gen, hardware_module_name(profile.hardware_module_oid, *request.device_serial));
+    sk_GENERAL_NAME_push(names.get(), gen);
+  }
+  return names;
+}
+
+// Fixed leaf extensions, DER (RFC 5280 §4.2.1.9, §4.2.1.3, §4.2.1.12).
+constexpr unsigned char kExtBasicConstraintsLeaf[] = {0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01,
+                                                      0x01, 0xff, 0x04, 0x02, 0x30, 0x00};
+constexpr unsigned char kExtKeyUsageSign[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
+                                              0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80};
+constexpr unsigned char kExtKeyUsageSignAgree[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
+                                                   0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x03, 0x88};
+constexpr unsigned char kExtEkuClientAuth[] = {0x30, 0x13, 0x06, 0x03, 0x55, 0x1d, 0x25, 0x04, 0x0c, 0x30, 0x0a,
+                                               0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
+constexpr unsigned char kOidSki[] = {0x06, 0x03, 0x55, 0x1d, 0x0e};
+constexpr unsigned char kOidAki[] = {0x06, 0x03, 0x55, 0x1d, 0x23};
+constexpr unsigned char kOidEcPublicKey[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
+
+void append(Bytes& out, ByteView b) { out.insert(out.end(), b.begin(), b.end()); }
+
+// UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).
+void append_time(Bytes& out, TimePoint t) {
+  std::time_t tt = static_cast<std::time_t>(t.time_since_epoch().count());
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  int year = tm.tm_year + 1900;
+  char buf[24];
+  int n;
+  if (year >= 1950 && year < 2050)
+    n = std::snprintf(buf, sizeof buf, "%02d%02d%02d%02d%02d%02dZ", year % 100, tm.tm_mon + 1, tm.tm_mday,
+                      tm.tm_hour, tm.tm_min, tm.tm_sec);
+  else
+    n = std::snprintf(buf, sizeof buf, "%04d%02d%02d%02d%02d%02dZ", year, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                      tm.tm_min, tm.tm_sec);
+  detail::der_append_tlv(out, year >= 1950 && year < 2050 ? 0x17 : 0x18,
+                         ByteView(reinterpret_cast<const unsigned char*>(buf), static_cast<std::size_t>(n)));
+}
+
+std::string pem_encode(const char* label, ByteView der) {
+  std::string b64 = base64_encode(der);
+  std::string out = std::string("-----BEGIN ") + label + "-----\n";
+  out.reserve(b64.size() + b64.size() / 64 + 64);
+  for (std::size_t i = 0; i < b64.size(); i += 64) {
+    out.append(b64, i, 64);
+    out.push_back('\n');
+  }
+  out += std::string("-----END ") + label + "-----\n";
+  return out;
+}
+
+}  // namespace
+
+TimePoint Authority::leaf_not_after(const Profile& profile, TimePoint now) const {
+  TimePoint until = now + std::chrono::days(*profile.validity_days);
+  return until > issuer_not_after_ ? issuer_not_after_ : until;  // a leaf never outlives its issuer
+}
+
+Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Profile& profile) const {
+  KL_CHECK(check_request(request, profile));
+  if (issuer_key_id_.empty())
+    return fail(Domain::input, "the issuer certificate has no subjectKeyIdentifier; leaves could not name it (AKI)");
+  // SubjectPublicKeyInfo: the key type and the BIT STRING hashed for the SKI.
+  std::span<const unsigned char> spki_in(request.public_key);
+  auto spki = der::expect(spki_in, 0x30);
+  std::span<const unsigned char> spki_body = spki ? spki->value : std::span<const unsigned char>();
+  auto key_alg = der::expect(spki_body, 0x30);
+  auto key_bits = der::expect(spki_body, 0x03);
+  if (!spki || !spki_in.empty() || !key_alg || !key_bits || key_bits->value.empty())
+    return fail(Domain::input, "the public key is not a DER SubjectPublicKeyInfo");
+  std::span<const unsigned char> alg_body = key_alg->value;
+  auto alg_oid = der::expect(alg_body, 0x06);
+  bool ec = alg_oid && der::equals(alg_oid->value, kOidEcPublicKey);
+
+  Bytes serial = random_serial();
+  TimePoint now = clock_->now();
+  TimePoint not_before = now - profile.backdate;
+  TimePoint not_after = profile.validity_days ? leaf_not_after(profile, now) : kForever;
+  KL_TRY(X509NamePtr subject, leaf_subject(request, profile));
+  unsigned char* subject_der_p = nullptr;
+  int subject_len = i2d_X509_NAME(subject.get(), &subject_der_p);
+  if (subject_len <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the subject"));
+  Bytes subject_der(subject_der_p, subject_der_p + subject_len);
+  OPENSSL_free(subject_der_p);
+
+  Bytes exts;
+  exts.reserve(256);
+  append(exts, kExtBasicConstraintsLeaf);
+  if (ec && profile.key_agreement) append(exts, kExtKeyUsageSignAgree);
+  else append(exts, kExtKeyUsageSign);
+  append(exts, kExtEkuClientAuth);
+  {
+    unsigned char sha1[SHA_DIGEST_LENGTH];
+    auto bits = key_bits->value.subspan(1);  // after the unused-bits octet
+    SHA1(bits.data(), bits.size(), sha1);
+    Bytes key_id, octets, ext;
+    detail::der_append_tlv(key_id, 0x04, ByteView(sha1, sizeof sha1));
+    append(ext, kOidSki);
+    detail::der_append_tlv(ext, 0x04, key_id);
+    detail::der_append_tlv(exts, 0x30, ext);
+  }
+  {
+    Bytes aki_seq, aki_octets, ext;
+    detail::der_append_tlv(aki_seq, 0x80, issuer_key_id_);
+    detail::der_append_tlv(aki_octets, 0x30, aki_seq);
+    append(ext, kOidAki);
+    detail::der_append_tlv(ext, 0x04, aki_octets);
+    detail::der_append_tlv(exts, 0x30, ext);
+  }
+  KL_TRY(GeneralNamesPtr names, leaf_alt_names(request, profile));
+  if (names) {
+    X509ExtPtr san(X509V3_EXT_i2d(NID_subject_alt_name, 0, names.get()));
+    unsigned char* p = nullptr;
+    int n = san ? i2d_X509_EXTENSION(san.get(), &p) : -1;
+    if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding subjectAltName"));
+    exts.insert(exts.end(), p, p + n);
+    OPENSSL_free(p);
+  }
+
+  Bytes body;
+  body.reserve(512 + exts.size() + subject_der.size() + request.public_key.size());
+  static constexpr unsigned char kVersion3[] = {0xa0, 0x03, 0x02, 0x01, 0x02};
+  append(body, kVersion3);
+  detail::der_append_tlv(body, 0x02, serial);
+  Bytes sig_alg = detail::signature_algorithm_der(signer_->algorithm());
+  append(body, sig_alg);
+  append(body, issuer_name_der_);
+  Bytes validity;
+  append_time(validity, not_before);
+  append_time(validity, not_after);
+  detail::der_append_tlv(body, 0x30, validity);
+  append(body, subject_der);
+  append(body, request.public_key);
+  Bytes ext_seq;
+  detail::der_append_tlv(ext_seq, 0x30, exts);
+  detail::der_append_tlv(body, 0xa3, ext_seq);
+  Bytes tbs;
+  detail::der_append_tlv(tbs, 0x30, body);
+
+  // One-shot digests: no algorithm fetch (and its lock) per certificate.
+  Bytes digest(hsm::digest_size(hsm::digest_for(signer_->algorithm())));
+  if (hsm::digest_for(signer_->algorithm()) == hsm::Digest::sha384) SHA384(tbs.data(), tbs.size(), digest.data());
+  else SHA256(tbs.data(), tbs.size(), digest.data());
+  KL_TRY(Bytes signature, signer_->sign(digest));
+
+  IssuedCertificate out;
+  out.der = detail::assemble_signed(tbs, sig_alg, signature);
+  out.pem = pem_encode("CERTIFICATE", out.der);
+  out.serial_hex = to_hex(serial);
+  out.registration_id = request.registration_id.str();
+  out.subject = name_to_string(subject.get());
+  out.cert_sha256 = sha256_hex(out.der);
+  out.pubkey_sha256 = sha256_hex(request.public_key);
+  out.not_before = not_before;
+  out.not_after = not_after;
+  return out;
+}
+
+Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request,
+                                                     const Profile& profile) const {
+  KL_CHECK(check_request(request, profile));
   KL_TRY(EvpPkeyPtr subject_key, hsm::public_key_from_der(request.public_key));
 
   X509Ptr cert(X509_new());
@@ -155,22 +362,13 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request,
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
 
   X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer_.get()));
-  X509NamePtr subject(X509_NAME_new());
-  if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(subject.get(), "C", profile.subject_c));
-  if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(subject.get(), "O", profile.subject_o));
-  if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(subject.get(), "OU", profile.subject_ou));
-  KL_CHECK(add_name_entry(subject.get(), "CN", request.registration_id.str()));
-  if (profile.serial_number_attribute)
-    KL_CHECK(add_name_entry(subject.get(), "serialNumber", *request.device_serial));
+  KL_TRY(X509NamePtr subject, leaf_subject(request, profile));
   X509_set_subject_name(cert.get(), subject.get());
 
   TimePoint now = clock_->now();
   KL_CHECK(set_time(X509_getm_notBefore(cert.get()), now - profile.backdate));
   if (profile.validity_days) {
-    TimePoint until = now + std::chrono::days(*profile.validity_days);
-    TimePoint issuer_until = from_asn1(X509_get0_notAfter(issuer_.get()));
-    if (until > issuer_until) until = issuer_until;  // a leaf never outlives its issuer
-    KL_CHECK(set_time(X509_getm_notAfter(cert.get()), until));
+    KL_CHECK(set_time(X509_getm_notAfter(cert.get()), leaf_not_after(profile, now)));
   } else if (!ASN1_TIME_set_string_X509(X509_getm_notAfter(cert.get()), "99991231235959Z")) {
     return std::unexpected(openssl_error(Domain::openssl, "setting notAfter to 99991231235959Z"));
   }
@@ -186,27 +384,9 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request,
   KL_CHECK(add_ext(cert.get(), &ctx, NID_ext_key_usage, "clientAuth"));
   KL_CHECK(add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
   KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
-
-  if (!profile.uri_san_template.empty() || !profile.hardware_module_oid.empty()) {
-    GeneralNamesPtr names(sk_GENERAL_NAME_new_null());
-    if (!profile.uri_san_template.empty()) {
-      std::string uri = profile.uri_san_template;
-      const std::string key = "{registration_id}";
-      for (auto pos = uri.find(key); pos != std::string::npos; pos = uri.find(key))
-        uri.replace(pos, key.size(), request.registration_id.str());
-      GENERAL_NAME* gen = GENERAL_NAME_new();
-      ASN1_IA5STRING* ia5 = ASN1_IA5STRING_new();
-      ASN1_STRING_set(ia5, uri.data(), static_cast<int>(uri.size()));
-      GENERAL_NAME_set0_value(gen, GEN_URI, ia5);
-      sk_GENERAL_NAME_push(names.get(), gen);
-    }
-    if (!profile.hardware_module_oid.empty()) {
-      KL_TRY(GENERAL_NAME * gen, hardware_module_name(profile.hardware_module_oid, *request.device_serial));
-      sk_GENERAL_NAME_push(names.get(), gen);
-    }
-    if (!X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT))
-      return std::unexpected(openssl_error(Domain::openssl, "adding subjectAltName"));
-  }
+  KL_TRY(GeneralNamesPtr names, leaf_alt_names(request, profile));
+  if (names && !X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT))
+    return std::unexpected(openssl_error(Domain::openssl, "adding subjectAltName"));
 
   KL_TRY(X509Ptr signed_cert, detail::sign_certificate(cert.get(), *signer_));
   return describe(*signed_cert);

@@ -1,5 +1,8 @@
 #include "file_store.hpp"
 
+#include <atomic>
+#include <unordered_map>
+
 #include <openssl/ec.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
@@ -14,11 +17,13 @@ namespace keyline::hsm {
 
 namespace {
 
+std::atomic<std::uint64_t> g_next_signer_id{1};
+
 class SoftwareSigner final : public Signer {
  public:
   SoftwareSigner(EvpPkeyPtr key, Algorithm algorithm, Bytes spki, std::string description)
       : key_(std::move(key)), algorithm_(algorithm), spki_(std::move(spki)),
-        description_(std::move(description)) {}
+        description_(std::move(description)), id_(g_next_signer_id++) {}
 
   Algorithm algorithm() const noexcept override { return algorithm_; }
   const Bytes& public_key() const noexcept override { return spki_; }
@@ -29,13 +34,22 @@ class SoftwareSigner final : public Signer {
     if (digest.size() != digest_size(d))
       return fail(Domain::internal, "signer " + description_ + " was given a digest of " +
                                         std::to_string(digest.size()) + " bytes");
-    EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new(key_.get(), nullptr));
-    if (!ctx || EVP_PKEY_sign_init(ctx.get()) <= 0)
-      return std::unexpected(openssl_error(Domain::keystore, "cannot start signing with " + description_));
-    if (EVP_PKEY_is_a(key_.get(), "RSA")) {
-      if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) <= 0 ||
-          EVP_PKEY_CTX_set_signature_md(ctx.get(), evp_md(d)) <= 0)
+    // One initialised context per thread and signer: setting up a context
+    // costs an algorithm fetch under a global lock, signing with it does not.
+    thread_local std::unordered_map<std::uint64_t, EvpPkeyCtxPtr> contexts;
+    EvpPkeyCtxPtr& ctx = contexts[id_];
+    if (!ctx) {
+      ctx.reset(EVP_PKEY_CTX_new(key_.get(), nullptr));
+      if (!ctx || EVP_PKEY_sign_init(ctx.get()) <= 0) {
+        ctx.reset();
+        return std::unexpected(openssl_error(Domain::keystore, "cannot start signing with " + description_));
+      }
+      if (EVP_PKEY_is_a(key_.get(), "RSA") &&
+          (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) <= 0 ||
+           EVP_PKEY_CTX_set_signature_md(ctx.get(), evp_md(d)) <= 0)) {
+        ctx.reset();
         return std::unexpected(openssl_error(Domain::keystore, "cannot set RSA padding for " + description_));
+      }
     }
     std::size_t len = 0;
     if (EVP_PKEY_sign(ctx.get(), nullptr, &len, digest.data(), digest.size()) <= 0)
@@ -52,6 +66,7 @@ class SoftwareSigner final : public Signer {
   Algorithm algorithm_;
   Bytes spki_;
   std::string description_;
+  std::uint64_t id_;
 };
 
 class FileSecret final : public SecretKey {

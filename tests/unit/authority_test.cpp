@@ -216,3 +216,94 @@ TEST(Ceremony, ImportChecksKeyAndChain) {
 
 }  // namespace
 }  // namespace keyline::ca
+
+namespace keyline::ca {
+namespace {
+
+// The fast path (DER template) and the reference path (OpenSSL X509 objects)
+// must produce the same TBSCertificate byte for byte, given the same serial
+// and time; signatures differ only by ECDSA's randomness.
+Bytes tbs_of(const Bytes& der) {
+  X509Ptr x = *x509_from_der(der);
+  unsigned char* p = nullptr;
+  int n = i2d_re_X509_tbs(x.get(), &p);
+  Bytes out(p, p + n);
+  OPENSSL_free(p);
+  return out;
+}
+
+struct ParityCase {
+  const char* name;
+  hsm::Algorithm ca_algorithm;
+  const char* subject_key;  // "P-256", "P-384", "rsa"
+  bool idevid;
+};
+
+class FastPathParity : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(FastPathParity, TbsIsByteIdenticalToTheReferencePath) {
+  const ParityCase& pc = GetParam();
+  testkit::TempDir dir;
+  FixedClock clock(test::t0());
+  test::CountingRng setup_rng;
+  auto store = *hsm::open("file:" + (dir / "k").string());
+  auto root_key = *store->generate_signing_key("root", pc.ca_algorithm);
+  auto inter_key = *store->generate_signing_key("inter", pc.ca_algorithm);
+  auto root = *make_root(*root_key, *parse_dn("CN=Root,O=Example").value(), 3650, clock, setup_rng);
+  auto inter = *make_intermediate(*root_key, *root, inter_key->public_key(),
+                                  *parse_dn("CN=Line CA,O=Example,C=DE").value(), 3650, clock, setup_rng);
+  test::CountingRng rng_fast, rng_ref;  // same sequence: same serials
+  auto make = [&](Rng& rng) {
+    std::vector<X509Ptr> chain;
+    chain.emplace_back(X509_dup(root.get()));
+    return *Authority::create(X509Ptr(X509_dup(inter.get())), std::move(chain), inter_key, clock, rng);
+  };
+  Authority fast = make(rng_fast);
+  Authority ref = make(rng_ref);
+
+  Profile p;
+  p.subject_o = "Example Corp";
+  p.subject_ou = "Line 1";
+  p.subject_c = "DE";
+  if (pc.idevid) {
+    p.validity_days.reset();
+    p.serial_number_attribute = true;
+    p.hardware_module_oid = "1.3.6.1.4.1.99999.1";
+    p.uri_san_template = "urn:example:{registration_id}";
+    p.key_agreement = true;
+  }
+  for (int i = 0; i < 5; ++i) {
+    EvpPkeyPtr key = std::string(pc.subject_key) == "rsa" ? testkit::rsa_key(2048) : testkit::ec_key(pc.subject_key);
+    IssueRequest req{*RegistrationId::for_certificate("dev-" + std::to_string(i)), *hsm::public_key_der(key.get()),
+                     pc.idevid ? std::optional<std::string>("SN-" + std::to_string(i)) : std::nullopt};
+    auto a = fast.issue(req, p);
+    auto b = ref.issue_reference(req, p);
+    ASSERT_TRUE(a) << a.error().message();
+    ASSERT_TRUE(b) << b.error().message();
+    EXPECT_EQ(tbs_of(a->der), tbs_of(b->der));
+    EXPECT_EQ(a->serial_hex, b->serial_hex);
+    EXPECT_EQ(a->subject, b->subject);
+    EXPECT_EQ(a->pubkey_sha256, b->pubkey_sha256);
+    EXPECT_EQ(a->not_before, b->not_before);
+    EXPECT_EQ(a->not_after, b->not_after);
+    EXPECT_EQ(a->registration_id, b->registration_id);
+    // The fast path's own summary agrees with what OpenSSL reads back.
+    auto described = describe(**x509_from_der(a->der));
+    ASSERT_TRUE(described);
+    EXPECT_EQ(described->pem, a->pem);
+    EXPECT_EQ(described->serial_hex, a->serial_hex);
+    EXPECT_EQ(described->cert_sha256, a->cert_sha256);
+    ASSERT_TRUE(verify_chain(**x509_from_der(a->der), *inter, *root, clock));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FastPathParity,
+                         ::testing::Values(ParityCase{"p256_device", hsm::Algorithm::ec_p256, "P-256", false},
+                                           ParityCase{"p256_idevid", hsm::Algorithm::ec_p256, "P-256", true},
+                                           ParityCase{"p384_ca_p384_key", hsm::Algorithm::ec_p384, "P-384", false},
+                                           ParityCase{"rsa_ca_rsa_key", hsm::Algorithm::rsa_2048, "rsa", true},
+                                           ParityCase{"p256_ca_rsa_key", hsm::Algorithm::ec_p256, "rsa", false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace keyline::ca

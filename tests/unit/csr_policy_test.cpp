@@ -105,3 +105,48 @@ TEST(CsrPolicy, ParsingRules) {
 
 }  // namespace
 }  // namespace keyline::ca
+
+namespace keyline::ca {
+namespace {
+
+// accept_simple_csr must agree with parse_csr + check_csr whenever it answers.
+TEST(SimpleCsr, AgreesWithTheFullPath) {
+  Profile p;
+  struct Input {
+    std::string bytes;
+    bool expect_fast;
+  };
+  auto p256 = testkit::ec_key("P-256");
+  auto p384 = testkit::ec_key("P-384");
+  Bytes der = testkit::csr_der(p256.get(), "Der-Dev");
+  std::vector<Input> inputs = {
+      {csr_pem(p256.get(), "Dev-1"), true},
+      {csr_pem(p384.get(), "dev-2"), true},
+      {std::string(der.begin(), der.end()), true},
+      {csr_pem(testkit::rsa_key(2048).get(), "rsa-1"), false},                      // RSA: full path
+      {csr_pem(p256.get(), "d", {"subjectAltName=DNS:x"}), false},                  // attributes
+      {csr_pem(p256.get(), "dev/1"), false},                                        // bad CN
+      {csr_pem(testkit::ec_key("secp256k1").get(), "k1"), false},                   // curve
+  };
+  Bytes broken = der;
+  broken[broken.size() - 3] ^= 0x40;
+  inputs.push_back({std::string(broken.begin(), broken.end()), false});
+  for (auto& in : inputs) {
+    auto fast = accept_simple_csr(in.bytes, p);
+    EXPECT_EQ(fast.has_value(), in.expect_fast);
+    auto req = parse_csr(in.bytes, "x");
+    Result<AcceptedCsr> full = req ? check_csr(**req, p, std::nullopt, "x") : std::unexpected(req.error());
+    if (fast) {
+      ASSERT_TRUE(full) << full.error().message();
+      EXPECT_EQ(fast->registration_id, full->registration_id);
+      EXPECT_EQ(fast->public_key, full->public_key);
+      EXPECT_EQ(fast->key_algorithm, full->key_algorithm);
+    }
+  }
+  Profile no_p384;
+  no_p384.allow_ec_p384 = false;
+  EXPECT_FALSE(accept_simple_csr(csr_pem(p384.get(), "d"), no_p384));
+}
+
+}  // namespace
+}  // namespace keyline::ca

@@ -115,15 +115,22 @@ TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
       ASSERT_TRUE(old) << old.error().message();
       EXPECT_EQ(old->schema_version(), from);
       if (from >= 1) {
-        ASSERT_TRUE(insert(*old, record("01", "kept")));
+        // Written with the v1 columns, as an old keyline would have.
+        ASSERT_TRUE(old->exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
+                              "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
+                              "('01','kept','device','CN=kept','c1','p1',1,2,'active',1,x'3000')"));
       }
     }
     auto l = Ledger::open(dir / "l.db");
     ASSERT_TRUE(l) << "from v" << from << ": " << l.error().message();
     EXPECT_EQ(l->schema_version(), Ledger::kSchemaVersion);
     if (from >= 1) {
-      EXPECT_TRUE(*l->certificate("01"));
+      auto kept = *l->certificate("01");
+      ASSERT_TRUE(kept);
+      EXPECT_EQ(kept->registration_id, "kept");
+      EXPECT_TRUE(kept->batch_id.empty());
     }
+    EXPECT_TRUE(l->batch_certificate_count("none"));  // v3 column exists
     EXPECT_TRUE(l->next_crl_number());  // v2 table exists
   }
 }

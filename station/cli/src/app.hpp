@@ -33,6 +33,11 @@ class Context {
   Rng& rng() const { return rng_; }
   bool json() const { return json_; }
 
+  // A command that completed but not fully (batch: partial, interrupted)
+  // says so here; main() exits with it after the command's own output.
+  void set_outcome(ExitCode code) const { outcome_ = code; }
+  ExitCode outcome() const { return outcome_; }
+
   // Prints a JSON document (with --json) or the text rendering.
   void print(const nlohmann::json& doc, const std::function<void(std::ostream&)>& text) const;
 
@@ -41,6 +46,7 @@ class Context {
   const Clock& clock_;
   Rng& rng_;
   bool json_;
+  mutable ExitCode outcome_ = ExitCode::ok;
 };
 
 using Handler = std::function<Status(const Context&)>;
@@ -48,6 +54,7 @@ using Handler = std::function<Status(const Context&)>;
 // Each registers its sub-commands; the handler to run is stored in `run`.
 void add_ca_commands(CLI::App& app, Handler& run);
 void add_ledger_commands(CLI::App& app, Handler& run);
+void add_batch_command(CLI::App& ca_cmd, Handler& run);
 
 // Reads a whole input file for a command; "-" is standard input.
 Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);

@@ -511,6 +511,8 @@ void add_ca_commands(CLI::App& app, Handler& run) {
     run = [crl_out, crl_days](const Context& c) { return ca_crl(c, *crl_out, *crl_days); };
   });
 
+  add_batch_command(*ca_cmd, run);
+
   auto code = std::make_shared<std::string>();
   auto vc_out = std::make_shared<std::string>();
   auto* vc = ca_cmd->add_subcommand(

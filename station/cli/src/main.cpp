@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
   app.add_flag("--json", g.json, "Print one JSON document on stdout");
   app.footer(
       "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 refused by policy,\n"
-      "5 state/ledger/file-system problem, 6 key store problem, 7 partially done.\n"
+      "5 state/ledger/file-system problem, 6 key store problem, 7 partially done (batch:\n"
+      "some inputs rejected), 8 interrupted (batch: run the same command again).\n"
       "Run 'keyline COMMAND --help' for a command's options.");
 
   cli::Handler run;
@@ -117,5 +118,5 @@ int main(int argc, char** argv) {
     }
     return static_cast<int>(code);
   }
-  return 0;
+  return static_cast<int>(ctx.outcome());
 }

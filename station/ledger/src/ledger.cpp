@@ -52,6 +52,18 @@ constexpr const char* kMigrations[] = {
     ) STRICT;
     CREATE INDEX certificates_by_status ON certificates (status);
     )sql",
+    // 3: batch issuance: which batch (output directory) a certificate belongs to.
+    R"sql(
+    CREATE TABLE batches (
+      id TEXT PRIMARY KEY,
+      out_dir TEXT NOT NULL,
+      profile TEXT NOT NULL,
+      mode TEXT NOT NULL,
+      created_at INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE certificates ADD COLUMN batch_id TEXT REFERENCES batches (id);
+    CREATE INDEX certificates_by_batch ON certificates (batch_id, id) WHERE batch_id IS NOT NULL;
+    )sql",
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
@@ -67,7 +79,7 @@ std::string column_text(sqlite3_stmt* s, int i) {
 
 constexpr const char* kCertColumns =
     "serial, registration_id, profile, subject, cert_sha256, pubkey_sha256, not_before, "
-    "not_after, status, issued_at, revoked_at, revocation_reason, superseded_by";
+    "not_after, status, issued_at, revoked_at, revocation_reason, superseded_by, batch_id";
 
 CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
   CertificateRecord r;
@@ -84,9 +96,10 @@ CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
   if (sqlite3_column_type(s, 10) != SQLITE_NULL) r.revoked_at = sqlite3_column_int64(s, 10);
   r.revocation_reason = column_text(s, 11);
   r.superseded_by = column_text(s, 12);
+  r.batch_id = column_text(s, 13);
   if (with_der) {
-    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 13));
-    r.der.assign(p, p + sqlite3_column_bytes(s, 13));
+    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 14));
+    r.der.assign(p, p + sqlite3_column_bytes(s, 14));
   }
   return r;
 }
@@ -126,11 +139,15 @@ Result<Ledger> Ledger::create(const std::filesystem::path& path) {
 Result<Ledger> Ledger::open(const std::filesystem::path& path) {
   return open_impl(path, false, kSchemaVersion);
 }
+Result<Ledger> Ledger::open_readonly(const std::filesystem::path& path) {
+  return open_impl(path, false, 0, true);
+}
 Result<Ledger> Ledger::create_at_version(const std::filesystem::path& path, int version) {
   return open_impl(path, true, version);
 }
 
-Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create, int target) {
+Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create, int target,
+                                 bool readonly) {
   if (create) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -145,11 +162,14 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create,
                                      "; is this the right state dir? Create one with 'keyline ca init'");
   }
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+  int rc = sqlite3_open_v2(path.c_str(), &raw,
+                           (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
   Ledger ledger(raw, path);
   if (rc != SQLITE_OK) return std::unexpected(ledger.sqlite_error("opening"));
   sqlite3_busy_timeout(raw, 10000);
   sqlite3_extended_result_codes(raw, 1);
+  if (readonly) return ledger;
   // The first statement reads the header: a corrupt file fails here.
   KL_CHECK(ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
   Stmt st;
@@ -174,18 +194,41 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create,
   return ledger;
 }
 
-Ledger::Ledger(Ledger&& o) noexcept : db_(o.db_), path_(std::move(o.path_)) { o.db_ = nullptr; }
+Ledger::Ledger(Ledger&& o) noexcept
+    : db_(o.db_), path_(std::move(o.path_)), cache_(std::move(o.cache_)) {
+  o.db_ = nullptr;
+  o.cache_.clear();
+}
 Ledger& Ledger::operator=(Ledger&& o) noexcept {
   if (this != &o) {
-    if (db_) sqlite3_close_v2(db_);
+    this->~Ledger();
     db_ = o.db_;
     path_ = std::move(o.path_);
+    cache_ = std::move(o.cache_);
     o.db_ = nullptr;
+    o.cache_.clear();
   }
   return *this;
 }
 Ledger::~Ledger() {
+  for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+  cache_.clear();
   if (db_) sqlite3_close_v2(db_);
+  db_ = nullptr;
+}
+
+Result<sqlite3_stmt*> Ledger::cached(const char* sql) {
+  auto it = cache_.find(sql);
+  if (it != cache_.end()) {
+    sqlite3_reset(it->second);
+    sqlite3_clear_bindings(it->second);
+    return it->second;
+  }
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("preparing a statement"));
+  cache_.emplace(sql, s);
+  return s;
 }
 
 int Ledger::schema_version() const {
@@ -250,7 +293,7 @@ struct Binder {
 }  // namespace
 
 Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
-  KL_TRY(auto existing, active_certificate(r.registration_id, r.profile));
+  KL_TRY(auto existing, active_ref(r.registration_id, r.profile));
   if (existing && r.status == "active") {
     if (!supersede)
       return fail(Domain::policy, "registration ID '" + r.registration_id +
@@ -264,22 +307,20 @@ Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
     Binder{s}.text(r.serial).text(existing->serial);
     if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("superseding " + existing->serial));
   }
-  sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v2(db_,
-                         "INSERT INTO certificates (serial, registration_id, profile, subject, "
-                         "cert_sha256, pubkey_sha256, not_before, not_after, status, issued_at, "
-                         "revoked_at, revocation_reason, superseded_by, der) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                         -1, &s, nullptr) != SQLITE_OK)
-    return std::unexpected(sqlite_error("preparing an insert"));
-  Stmt st(s);
+  static constexpr const char* kInsert =
+      "INSERT INTO certificates (serial, registration_id, profile, subject, "
+      "cert_sha256, pubkey_sha256, not_before, not_after, status, issued_at, "
+      "revoked_at, revocation_reason, superseded_by, batch_id, der) "
+      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+  KL_TRY(sqlite3_stmt * s, cached(kInsert));
   Binder b{s};
   b.text(r.serial).text(r.registration_id).text(r.profile).text(r.subject).text(r.cert_sha256)
       .text(r.pubkey_sha256).int64(r.not_before).int64(r.not_after).text(r.status).int64(r.issued_at);
   if (r.revoked_at) b.int64(*r.revoked_at);
   else sqlite3_bind_null(s, b.i++);
-  b.opt_text(r.revocation_reason).opt_text(r.superseded_by).blob(r.der);
+  b.opt_text(r.revocation_reason).opt_text(r.superseded_by).opt_text(r.batch_id).blob(r.der);
   int rc = sqlite3_step(s);
+  sqlite3_reset(s);
   if (rc != SQLITE_DONE) {
     if ((sqlite3_extended_errcode(db_) & 0xff) == SQLITE_CONSTRAINT)
       return fail(Domain::policy, "ledger refused certificate " + r.serial + " for '" + r.registration_id +
@@ -315,6 +356,70 @@ Result<std::optional<CertificateRecord>> Ledger::active_certificate(const std::s
   if (rc == SQLITE_ROW) return std::optional<CertificateRecord>(read_record(s, true));
   if (rc == SQLITE_DONE) return std::optional<CertificateRecord>();
   return std::unexpected(sqlite_error("looking up a certificate"));
+}
+
+Result<std::optional<ActiveRef>> Ledger::active_ref(const std::string& registration_id,
+                                                    const std::string& profile) {
+  static constexpr const char* kSql =
+      "SELECT serial, batch_id, pubkey_sha256 FROM certificates WHERE registration_id=? AND profile=? AND status='active'";
+  KL_TRY(sqlite3_stmt * s, cached(kSql));
+  Binder{s}.text(registration_id).text(profile);
+  int rc = sqlite3_step(s);
+  std::optional<ActiveRef> out;
+  if (rc == SQLITE_ROW) out = ActiveRef{column_text(s, 0), column_text(s, 1), column_text(s, 2)};
+  sqlite3_reset(s);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return std::unexpected(sqlite_error("looking up a certificate"));
+  return out;
+}
+
+Status Ledger::insert_batch(const BatchRecord& b) {
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db_, "INSERT INTO batches (id, out_dir, profile, mode, created_at) VALUES (?,?,?,?,?)",
+                     -1, &s, nullptr);
+  Stmt st(s);
+  Binder{s}.text(b.id).text(b.out_dir).text(b.profile).text(b.mode).int64(b.created_at);
+  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("recording batch " + b.id));
+  return {};
+}
+
+Result<std::optional<BatchRecord>> Ledger::batch(const std::string& id) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT id, out_dir, profile, mode, created_at FROM batches WHERE id=?", -1, &s,
+                         nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("reading batch " + id));
+  Stmt st(s);
+  Binder{s}.text(id);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW)
+    return std::optional<BatchRecord>(BatchRecord{column_text(s, 0), column_text(s, 1), column_text(s, 2),
+                                                  column_text(s, 3), sqlite3_column_int64(s, 4)});
+  if (rc == SQLITE_DONE) return std::optional<BatchRecord>();
+  return std::unexpected(sqlite_error("reading batch " + id));
+}
+
+Status Ledger::for_each_batch_certificate(const std::string& batch_id, std::uint64_t offset,
+                                          const std::function<Status(const CertificateRecord&)>& fn) {
+  std::string sql = std::string("SELECT ") + kCertColumns +
+                    ", der FROM certificates WHERE batch_id=? ORDER BY id LIMIT -1 OFFSET ?";
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("listing batch certificates"));
+  Stmt st(s);
+  Binder{s}.text(batch_id).int64(static_cast<std::int64_t>(offset));
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) KL_CHECK(fn(read_record(s, true)));
+  if (rc != SQLITE_DONE) return std::unexpected(sqlite_error("listing batch certificates"));
+  return {};
+}
+
+Result<std::uint64_t> Ledger::batch_certificate_count(const std::string& batch_id) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT COUNT(*) FROM certificates WHERE batch_id=?", -1, &s, nullptr) != SQLITE_OK)
+    return std::unexpected(sqlite_error("counting batch certificates"));
+  Stmt st(s);
+  Binder{s}.text(batch_id);
+  if (sqlite3_step(s) != SQLITE_ROW) return std::unexpected(sqlite_error("counting batch certificates"));
+  return static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
 }
 
 Status Ledger::for_each_certificate(const CertificateFilter& filter,

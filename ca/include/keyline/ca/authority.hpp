@@ -80,7 +80,14 @@ class Authority {
                                   std::shared_ptr<const hsm::Signer> signer, const Clock& clock,
                                   Rng& rng);
 
+  // Issues a leaf. The TBSCertificate is assembled from DER pieces computed
+  // once per issuer (name, key identifier, fixed extensions) with the
+  // per-device fields spliced in; no OpenSSL certificate object is built.
   Result<IssuedCertificate> issue(const IssueRequest& request, const Profile& profile) const;
+
+  // The same certificate built with OpenSSL's X509 object API. Slower; kept
+  // as the reference the fast path is tested against, field for field.
+  Result<IssuedCertificate> issue_reference(const IssueRequest& request, const Profile& profile) const;
 
   // A v2 CRL (RFC 5280 §5) with CRL number and AKI, signed by the issuer key.
   Result<X509CrlPtr> crl(std::uint64_t number, std::span<const RevokedEntry> revoked,
@@ -104,8 +111,12 @@ class Authority {
             const Clock& clock, Rng& rng)
       : issuer_(std::move(issuer)), chain_(std::move(chain)), signer_(std::move(signer)),
         clock_(&clock), rng_(&rng) {}
+  TimePoint leaf_not_after(const Profile& profile, TimePoint now) const;
 
   X509Ptr issuer_;
+  Bytes issuer_name_der_;  // the issuer's subject, as encoded in its certificate
+  Bytes issuer_key_id_;    // its subjectKeyIdentifier (for the leaves' AKI)
+  TimePoint issuer_not_after_;
   std::vector<X509Ptr> chain_;
   std::shared_ptr<const hsm::Signer> signer_;
   const Clock* clock_;

@@ -43,3 +43,15 @@ Result<hsm::Algorithm> check_key(const EVP_PKEY* key, const Profile& profile,
                                  std::string_view source);
 
 }  // namespace keyline::ca
+
+namespace keyline::ca {
+
+// The fast path for the common case of batch issuance: a DER or PEM CSR
+// with an EC P-256/P-384 key (uncompressed point), an ECDSA signature, one
+// CN and no attributes. When it returns a value, the decision is the one
+// parse_csr + check_csr would make (tests hold the two paths to that).
+// nullopt means "not the simple case, or refused": use the full path, which
+// also writes the error message.
+std::optional<AcceptedCsr> accept_simple_csr(std::string_view bytes, const Profile& profile);
+
+}  // namespace keyline::ca

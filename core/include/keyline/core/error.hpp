@@ -63,7 +63,8 @@ enum class ExitCode : int {
   refused = 4,
   state = 5,
   keystore = 6,
-  partial = 7,  // batch finished with some items rejected
+  partial = 7,      // batch finished with some items rejected
+  interrupted = 8,  // stopped by a signal; re-run the same command to finish
 };
 
 ExitCode exit_code_for(const Error& e) noexcept;

@@ -42,7 +42,23 @@ struct CertificateRecord {
   std::optional<std::int64_t> revoked_at;
   std::string revocation_reason;
   std::string superseded_by;
+  std::string batch_id;  // set for certificates issued by `ca batch`
   Bytes der;
+};
+
+// What a worker needs to know about an active certificate, without its DER.
+struct ActiveRef {
+  std::string serial;
+  std::string batch_id;
+  std::string pubkey_sha256;
+};
+
+struct BatchRecord {
+  std::string id;
+  std::string out_dir;
+  std::string profile;
+  std::string mode;
+  std::int64_t created_at = 0;
 };
 
 struct CertificateFilter {
@@ -59,13 +75,15 @@ struct CrlRecord {
 
 class Ledger {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Creates a new ledger file (refuses an existing one) at the current schema.
   static Result<Ledger> create(const std::filesystem::path& path);
   // Opens an existing ledger and migrates it forward. A missing file, a file
   // that is not a Keyline ledger, or a corrupt one is a state error that says so.
   static Result<Ledger> open(const std::filesystem::path& path);
+  // A read-only connection (for worker threads); never migrates.
+  static Result<Ledger> open_readonly(const std::filesystem::path& path);
   // For migration tests: creates a ledger at an older schema version.
   static Result<Ledger> create_at_version(const std::filesystem::path& path, int version);
 
@@ -104,6 +122,16 @@ class Ledger {
   Status for_each_certificate(const CertificateFilter& filter,
                               const std::function<void(const CertificateRecord&)>& fn);
   Result<std::map<std::string, std::int64_t>> counts_by_status();
+  Result<std::optional<ActiveRef>> active_ref(const std::string& registration_id,
+                                              const std::string& profile);
+
+  // Batches (`ca batch`): one row per output directory.
+  Status insert_batch(const BatchRecord& batch);
+  Result<std::optional<BatchRecord>> batch(const std::string& id);
+  // Streams a batch's certificates (with DER) in commit order, skipping the first `offset`.
+  Status for_each_batch_certificate(const std::string& batch_id, std::uint64_t offset,
+                                    const std::function<Status(const CertificateRecord&)>& fn);
+  Result<std::uint64_t> batch_certificate_count(const std::string& batch_id);
 
   // Marks an active or superseded certificate revoked. Unknown serial:
   // input error; already revoked: policy error. Call inside a transaction.
@@ -122,12 +150,16 @@ class Ledger {
 
  private:
   Ledger(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
-  static Result<Ledger> open_impl(const std::filesystem::path& path, bool create, int target);
+  static Result<Ledger> open_impl(const std::filesystem::path& path, bool create, int target,
+                                  bool readonly = false);
+  // A prepared statement kept for the connection's life, reset for reuse.
+  Result<sqlite3_stmt*> cached(const char* sql);
   Status migrate(int target);
   Error sqlite_error(const std::string& what) const;
 
   sqlite3* db_ = nullptr;
   std::filesystem::path path_;
+  std::map<const char*, sqlite3_stmt*> cache_;
 };
 
 }  // namespace keyline::station

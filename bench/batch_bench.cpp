@@ -1,0 +1,300 @@
+// Benchmark for `keyline ca batch` (./run bench). Prints a table:
+//   * the crypto limit measured here, now, with OpenSSL: per certificate,
+//     one P-256 CSR signature verification + one P-256 signature
+//     (CSR batches); one P-256 key generation + one signature + one CMS
+//     encryption to an EC recipient (--generate batches);
+//   * keyline ca batch on N CSRs with --jobs 1 and --jobs 2, and --generate
+//     for N IDs: certificates/s, ratio to the limit, peak RSS;
+//   * peak RSS at 10 x N, to show memory does not grow with the batch.
+// After every run the ledger, manifest and files are checked for exactly
+// N certificates.
+//
+// Usage: batch_bench BIN_DIR [N] [BIG_N]
+
+#include <sqlite3.h>
+#include <sys/resource.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <openssl/cms.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Run {
+  int exit_code;
+  double seconds;
+  long max_rss_kib;
+};
+
+Run run(const std::vector<std::string>& argv) {
+  auto start = Clock::now();
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    setenv("KEYLINE_LOG", "error", 1);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  int status = 0;
+  rusage ru{};
+  wait4(pid, &status, 0, &ru);
+  double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, secs, ru.ru_maxrss};
+}
+
+EVP_PKEY* ec_key() { return EVP_EC_gen("P-256"); }
+
+std::string csr_pem(EVP_PKEY* key, const std::string& cn) {
+  X509_REQ* req = X509_REQ_new();
+  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_REQ_set_pubkey(req, key);
+  X509_REQ_sign(req, key, EVP_sha256());
+  BIO* b = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509_REQ(b, req);
+  char* d;
+  long n = BIO_get_mem_data(b, &d);
+  std::string out(d, static_cast<std::size_t>(n));
+  BIO_free(b);
+  X509_REQ_free(req);
+  return out;
+}
+
+void make_csrs(const fs::path& dir, std::size_t n) {
+  fs::create_directories(dir);
+  std::size_t have = 0;
+  for (auto& e : fs::directory_iterator(dir)) (void)e, ++have;
+  if (have == n) return;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      for (std::size_t i = t; i < n; i += threads) {
+        EVP_PKEY* k = ec_key();
+        char name[32];
+        std::snprintf(name, sizeof name, "dev-%07zu", i);
+        std::ofstream(dir / (std::string(name) + ".csr")) << csr_pem(k, name);
+        EVP_PKEY_free(k);
+      }
+    });
+  for (auto& t : ts) t.join();
+}
+
+// Operations per second of `op`, run for about `seconds`.
+template <typename F>
+double rate(F&& op, double seconds = 1.5) {
+  auto start = Clock::now();
+  std::size_t n = 0;
+  while (std::chrono::duration<double>(Clock::now() - start).count() < seconds) {
+    for (int i = 0; i < 50; ++i) op();
+    n += 50;
+  }
+  return static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double csr_limit() {
+  EVP_PKEY* ca = ec_key();
+  EVP_PKEY* dev = ec_key();
+  unsigned char msg[300] = {1, 2, 3};
+  unsigned char sig[80];
+  size_t siglen = sizeof sig;
+  EVP_MD_CTX* m = EVP_MD_CTX_new();
+  EVP_DigestSignInit(m, nullptr, EVP_sha256(), nullptr, dev);
+  EVP_DigestSign(m, sig, &siglen, msg, sizeof msg);
+  EVP_MD_CTX_free(m);
+  double r = rate([&] {
+    EVP_MD_CTX* v = EVP_MD_CTX_new();
+    EVP_DigestVerifyInit(v, nullptr, EVP_sha256(), nullptr, dev);
+    if (EVP_DigestVerify(v, sig, siglen, msg, sizeof msg) != 1) std::abort();
+    EVP_MD_CTX_free(v);
+    EVP_MD_CTX* s = EVP_MD_CTX_new();
+    unsigned char out[80];
+    size_t outlen = sizeof out;
+    EVP_DigestSignInit(s, nullptr, EVP_sha256(), nullptr, ca);
+    EVP_DigestSign(s, out, &outlen, msg, sizeof msg);
+    EVP_MD_CTX_free(s);
+  });
+  EVP_PKEY_free(ca);
+  EVP_PKEY_free(dev);
+  return r;
+}
+
+double generate_limit(X509* recipient) {
+  EVP_PKEY* ca = ec_key();
+  unsigned char msg[300] = {1, 2, 3};
+  STACK_OF(X509)* recips = sk_X509_new_null();
+  sk_X509_push(recips, recipient);
+  double r = rate([&] {
+    EVP_PKEY* k = ec_key();
+    EVP_MD_CTX* s = EVP_MD_CTX_new();
+    unsigned char out[80];
+    size_t outlen = sizeof out;
+    EVP_DigestSignInit(s, nullptr, EVP_sha256(), nullptr, ca);
+    EVP_DigestSign(s, out, &outlen, msg, sizeof msg);
+    EVP_MD_CTX_free(s);
+    unsigned char plain[240] = {7};
+    BIO* in = BIO_new_mem_buf(plain, sizeof plain);
+    CMS_ContentInfo* cms = CMS_encrypt(recips, in, EVP_aes_256_gcm(), CMS_BINARY);
+    if (!cms) std::abort();
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    EVP_PKEY_free(k);
+  });
+  sk_X509_free(recips);
+  EVP_PKEY_free(ca);
+  return r;
+}
+
+long long ledger_count(const fs::path& ledger) {
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(ledger.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM certificates WHERE status='active'", -1, &s, nullptr);
+  long long n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return n;
+}
+
+std::size_t lines(const fs::path& p) {
+  std::ifstream in(p);
+  std::string l;
+  std::size_t n = 0;
+  while (std::getline(in, l)) ++n;
+  return n;
+}
+
+bool check(const fs::path& state, const fs::path& out, std::size_t n, const char* key_suffix) {
+  std::size_t certs = 0, keys = 0;
+  for (auto& e : fs::directory_iterator(out)) {
+    auto name = e.path().filename().string();
+    if (name.ends_with(key_suffix) && *key_suffix) ++keys;
+    else if (name.ends_with(".pem") && name != "chain.pem") ++certs;
+  }
+  bool ok = certs == n && lines(out / "manifest.jsonl") == n && (!*key_suffix || keys == n);
+  long long in_ledger = ledger_count(state / "ledger.db");
+  ok = ok && in_ledger == static_cast<long long>(n);
+  if (!ok)
+    std::fprintf(stderr, "CHECK FAILED for %s: files %zu keys %zu manifest %zu ledger %lld, expected %zu\n",
+                 out.c_str(), certs, keys, lines(out / "manifest.jsonl"), in_ledger, n);
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: batch_bench BIN_DIR [N] [BIG_N]\n");
+    return 2;
+  }
+  fs::path bin = argv[1];
+  std::size_t n = argc > 2 ? std::stoul(argv[2]) : 20000;
+  std::size_t big = argc > 3 ? std::stoul(argv[3]) : 10 * n;
+  fs::path work = fs::temp_directory_path() / "keyline-batch-bench";
+  fs::create_directories(work);
+  std::string keyline = (bin / "keyline").string();
+
+  std::printf("Preparing %zu and %zu CSRs in %s ...\n", n, big, work.c_str());
+  make_csrs(work / "csrs", n);
+  make_csrs(work / "csrs-big", big);
+
+  // Recipient for --generate key encryption.
+  EVP_PKEY* rk = ec_key();
+  X509* rc = X509_new();
+  X509_set_version(rc, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(rc), 1);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(rc), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("Programmer"), -1, -1, 0);
+  X509_set_issuer_name(rc, X509_get_subject_name(rc));
+  X509_gmtime_adj(X509_getm_notBefore(rc), 0);
+  X509_gmtime_adj(X509_getm_notAfter(rc), 86400);
+  X509_set_pubkey(rc, rk);
+  X509_sign(rc, rk, EVP_sha256());
+  {
+    FILE* f = std::fopen((work / "recipient.pem").c_str(), "w");
+    PEM_write_X509(f, rc);
+    std::fclose(f);
+  }
+
+  std::printf("Measuring the crypto limit with OpenSSL (1 core) ...\n");
+  double limit_csr = csr_limit();
+  double limit_gen = generate_limit(rc);
+
+  struct Row {
+    std::string what;
+    std::size_t count;
+    double rate;
+    double limit;
+    long rss_kib;
+    bool ok;
+  };
+  std::vector<Row> rows;
+  auto batch = [&](const std::string& what, std::vector<std::string> extra, std::size_t count, double limit,
+                   const char* key_suffix) {
+    fs::path state = work / "state";
+    fs::remove_all(state);
+    fs::path out = work / "out";
+    fs::remove_all(out);
+    if (run({keyline, "--state", state.string(), "ca", "init"}).exit_code != 0) {
+      std::fprintf(stderr, "ca init failed\n");
+      std::exit(1);
+    }
+    std::vector<std::string> argv{keyline, "--state", state.string(), "ca", "batch", "--out", out.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Run r = run(argv);
+    bool ok = r.exit_code == 0 && check(state, out, count, key_suffix);
+    rows.push_back({what, count, static_cast<double>(count) / r.seconds, limit, r.max_rss_kib, ok});
+  };
+
+  batch("csr-dir --jobs 1", {"--csr-dir", (work / "csrs").string(), "--jobs", "1"}, n, limit_csr, "");
+  batch("csr-dir --jobs 2", {"--csr-dir", (work / "csrs").string(), "--jobs", "2"}, n, limit_csr, "");
+  batch("generate --jobs 1", {"--generate", "--count", std::to_string(n), "--id-template", "sn-{seq:07}",
+                              "--encrypt-keys-to", (work / "recipient.pem").string(), "--jobs", "1"},
+        n, limit_gen, ".key.p7m");
+  batch("generate --jobs 2", {"--generate", "--count", std::to_string(n), "--id-template", "sn-{seq:07}",
+                              "--encrypt-keys-to", (work / "recipient.pem").string(), "--jobs", "2"},
+        n, limit_gen, ".key.p7m");
+  batch("csr-dir --jobs 2 (big)", {"--csr-dir", (work / "csrs-big").string(), "--jobs", "2"}, big, limit_csr, "");
+
+  std::printf("\nCrypto limit (OpenSSL, 1 core, measured now):\n");
+  std::printf("  CSR batch:      P-256 verify + P-256 sign            %8.0f certificates/s\n", limit_csr);
+  std::printf("  generate batch: P-256 keygen + sign + CMS encryption %8.0f certificates/s\n\n", limit_gen);
+  std::printf("%-26s %9s %12s %12s %12s %6s\n", "run", "count", "certs/s", "x limit", "peak RSS MiB", "check");
+  bool all_ok = true;
+  for (auto& r : rows) {
+    std::printf("%-26s %9zu %12.0f %12.2f %12.1f %6s\n", r.what.c_str(), r.count, r.rate, r.rate / r.limit,
+                static_cast<double>(r.rss_kib) / 1024.0, r.ok ? "ok" : "FAIL");
+    all_ok = all_ok && r.ok;
+  }
+  double j1 = rows[0].rate, j2 = rows[1].rate;
+  double rss_small = static_cast<double>(rows[1].rss_kib), rss_big = static_cast<double>(rows[4].rss_kib);
+  std::printf("\nTargets:\n");
+  std::printf("  --jobs 1 >= 0.6 x crypto limit:   %.2f  %s\n", j1 / limit_csr, j1 / limit_csr >= 0.6 ? "met" : "NOT MET");
+  std::printf("  --jobs 2 >= 1.7 x --jobs 1:       %.2f  %s\n", j2 / j1, j2 / j1 >= 1.7 ? "met" : "NOT MET");
+  std::printf("  RSS at %zu <= 1.2 x RSS at %zu: %.2f  %s\n", big, n, rss_big / rss_small,
+              rss_big / rss_small <= 1.2 ? "met" : "NOT MET");
+  X509_free(rc);
+  EVP_PKEY_free(rk);
+  return all_ok ? 0 : 1;
+}
