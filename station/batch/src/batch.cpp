@@ -20,6 +20,7 @@
 #include "keyline/core/hex.hpp"
 #include "keyline/core/log.hpp"
 #include "keyline/core/secret.hpp"
+#include "device_keys.hpp"
 
 namespace keyline::station::batch {
 
@@ -133,15 +134,8 @@ class KeyWrapper {
   bool encrypted() const { return recipient_ != nullptr; }
   const char* file_suffix() const { return encrypted() ? ".key.p7m" : ".key.pem"; }
 
-  // PKCS#8 PEM of `key`, enveloped to the recipient when there is one.
-  Result<std::string> wrap(EVP_PKEY* key) const {
-    BioPtr mem(BIO_new(BIO_s_mem()));
-    if (!PEM_write_bio_PrivateKey(mem.get(), key, nullptr, nullptr, 0, nullptr, nullptr))
-      return std::unexpected(openssl_error(Domain::openssl, "encoding a generated key"));
-    char* data = nullptr;
-    long n = BIO_get_mem_data(mem.get(), &data);
-    SecretString pem(std::string(data, static_cast<std::size_t>(n)));
-    OPENSSL_cleanse(data, static_cast<std::size_t>(n));
+  // The PKCS#8 PEM, enveloped to the recipient when there is one.
+  Result<std::string> wrap(const SecretString& pem) const {
     if (!encrypted()) return std::string(pem.reveal());
     BioPtr in(BIO_new_mem_buf(pem.reveal().data(), static_cast<int>(pem.reveal().size())));
     X509StackPtr recips(sk_X509_new_null());
@@ -161,18 +155,6 @@ class KeyWrapper {
  private:
   std::shared_ptr<X509> recipient_;
 };
-
-Result<EvpPkeyPtr> generate_key(hsm::Algorithm a) {
-  EvpPkeyPtr key;
-  switch (a) {
-    case hsm::Algorithm::ec_p256: key.reset(EVP_EC_gen("P-256")); break;
-    case hsm::Algorithm::ec_p384: key.reset(EVP_EC_gen("P-384")); break;
-    case hsm::Algorithm::rsa_2048: key.reset(EVP_RSA_gen(2048)); break;
-    case hsm::Algorithm::rsa_3072: key.reset(EVP_RSA_gen(3072)); break;
-  }
-  if (!key) return std::unexpected(openssl_error(Domain::openssl, "generating a device key"));
-  return key;
-}
 
 // ------------------------------------------------------------------ worker
 
@@ -221,15 +203,11 @@ struct Worker {
     auto id = ca::RegistrationId::for_certificate(*item.generate_id);
     if (!id) return Rejected{item.input, id.error().message()};
     if (auto p = prior(item.input, id->str())) return *p;
-    auto key = generate_key(o.key_algorithm);
+    auto key = generate_device_key(o.key_algorithm);
     if (!key) return Rejected{item.input, key.error().message()};
-    auto allowed = ca::check_key(key->get(), profile, item.input);
-    if (!allowed) return Rejected{item.input, allowed.error().message()};
-    auto spki = hsm::public_key_der(key->get());
-    if (!spki) return Rejected{item.input, spki.error().message()};
-    auto cert = authority.issue({*id, *spki, std::nullopt}, profile);
+    auto cert = authority.issue({*id, key->spki, std::nullopt}, profile);
     if (!cert) return Rejected{item.input, cert.error().message()};
-    auto wrapped = keys.wrap(key->get());
+    auto wrapped = keys.wrap(key->pkcs8_pem);
     if (!wrapped) return Rejected{item.input, wrapped.error().message()};
     return Issued{item.input, std::move(*cert), std::move(*wrapped)};
   }
@@ -396,7 +374,8 @@ Result<std::string> expand_template(const std::string& tmpl, std::uint64_t seq) 
   std::string spec = tmpl.substr(open + 4, close - open - 4);
   std::size_t width = 0;
   if (!spec.empty()) {
-    if (spec.size() < 2 || spec[0] != ':' || spec.find_first_not_of("0123456789", 1) != std::string::npos)
+    if (spec.size() < 3 || spec[0] != ':' || spec[1] != '0' ||
+        spec.find_first_not_of("0123456789", 1) != std::string::npos)
       return fail(Domain::usage, "--id-template placeholder must be {seq} or {seq:0N}, e.g. {seq:06}");
     width = std::stoul(spec.substr(1));
     if (width > 20) return fail(Domain::usage, "--id-template width must be at most 20");
@@ -419,6 +398,14 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     return fail(Domain::usage, "give either --ids or --count, not both");
   if (o.count) KL_CHECK(expand_template(o.id_template, o.start));
   KL_TRY(KeyWrapper keys, KeyWrapper::create(o));
+  if (o.mode == Mode::generate) {
+    bool allowed = o.key_algorithm == hsm::Algorithm::ec_p256   ? profile.allow_ec_p256
+                   : o.key_algorithm == hsm::Algorithm::ec_p384 ? profile.allow_ec_p384
+                                                                : profile.allow_rsa;
+    if (!allowed)
+      return fail(Domain::policy, "profile '" + profile.name + "' does not allow " +
+                                      std::string(hsm::to_string(o.key_algorithm)) + " keys (--key-algorithm)");
+  }
   const std::string mode_name = o.mode == Mode::csr_dir ? "csr-dir" : "generate";
 
   OutDir out;
