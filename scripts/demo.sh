@@ -62,9 +62,24 @@ else
   echo "   openssl verify -crl_check: sensor-0002 is revoked"
 fi
 
-say "7. Summary"
+say "7. Batch: pre-issue identities for a production run (station-generated keys, encrypted to the programmer)"
+openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$DEMO/programmer.key" \
+  -subj "/CN=Demo Programming System" -days 30 -out "$DEMO/programmer.pem" 2>/dev/null
+"$KEYLINE" --state "$STATE" ca batch --generate --count 2000 --id-template 'sn-{seq:06}' \
+  --out "$DEMO/batch" --encrypt-keys-to "$DEMO/programmer.pem"
+echo "   manifest lines: $(wc -l < "$DEMO/batch/manifest.jsonl"), first: $(head -c 120 "$DEMO/batch/manifest.jsonl")..."
+openssl verify -x509_strict -CAfile "$STATE/root.pem" -untrusted "$DEMO/batch/chain.pem" "$DEMO/batch/sn-000001.pem" | sed 's/^/   /'
+openssl cms -decrypt -inform DER -in "$DEMO/batch/sn-000001.key.p7m" -recip "$DEMO/programmer.pem" \
+  -inkey "$DEMO/programmer.key" | openssl pkey -pubout | cmp -s - <(openssl x509 -in "$DEMO/batch/sn-000001.pem" -noout -pubkey) \
+  && echo "   sn-000001: the decrypted key matches its certificate"
+echo "   re-running the same command finds everything done:"
+"$KEYLINE" --state "$STATE" ca batch --generate --count 2000 --id-template 'sn-{seq:06}' \
+  --out "$DEMO/batch" --encrypt-keys-to "$DEMO/programmer.pem" | sed 's/^/   /'
+
+say "8. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
-"$KEYLINE" --state "$STATE" ledger certificates
+"$KEYLINE" --state "$STATE" ledger certificates --status revoked
+"$KEYLINE" --state "$STATE" ledger certificates --registration-id board-7731
 echo
 echo "Demo state left in $DEMO"
