@@ -112,11 +112,16 @@ Result<RevocationReason> parse_revocation_reason(std::string_view text) {
 Status validate_device_serial(std::string_view serial) {
   if (serial.empty() || serial.size() > 64)
     return fail(Domain::input, "device serial number must be 1 to 64 characters");
+  // X.520 serialNumber is a PrintableString: letters, digits, space and '()+,-./:=?
+  static constexpr std::string_view kPrintable = " '()+,-./:=?";
   for (std::size_t i = 0; i < serial.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(serial[i]);
-    if (c < 0x20 || c > 0x7e)
-      return fail(Domain::input, "device serial number has a non-printable character at position " +
-                                     std::to_string(i + 1));
+    char c = serial[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              kPrintable.find(c) != std::string_view::npos;
+    if (!ok)
+      return fail(Domain::input, "device serial number '" + std::string(serial) + "' has a character not allowed in a "
+                                     "certificate serialNumber at position " + std::to_string(i + 1) +
+                                     " (allowed: letters, digits, space and '()+,-./:=?)");
   }
   return {};
 }

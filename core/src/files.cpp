@@ -95,12 +95,20 @@ Status rename_into_place(const fs::path& tmp, const fs::path& path) {
 }  // namespace
 
 Status write_atomic(const fs::path& path, std::string_view data, unsigned mode) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    return fail(Domain::io, "cannot write " + path.string() + ": it is a directory; give a file name");
   KL_TRY(fs::path tmp, write_temp(path, data, mode));
   return rename_into_place(tmp, path);
 }
 
 Result<PendingFile> PendingFile::create(const fs::path& path, std::string_view data,
                                         unsigned mode) {
+  // Whatever would make the final rename fail is refused now, before the
+  // caller commits anything that depends on the file being delivered.
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    return fail(Domain::io, "cannot write " + path.string() + ": it is a directory; give a file name");
   KL_TRY(fs::path tmp, write_temp(path, data, mode));
   return PendingFile(std::move(tmp), path);
 }

@@ -93,7 +93,23 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
       return fail(Domain::state, "state dir " + dir.string() +
                                      " is not empty; give ca init a new or empty directory");
   }
+  // Everything that can be checked is checked before a key is generated:
+  // a key store outside the state dir keeps what it generates.
+  if (o.root_days < 1 || o.root_days > 36500) return fail(Domain::usage, "--root-days must be 1 to 36500");
+  if (o.intermediate_days < 1 || o.intermediate_days > 36500)
+    return fail(Domain::usage, "--intermediate-days must be 1 to 36500");
+  KL_TRY(hsm::Algorithm algorithm, hsm::parse_algorithm(o.algorithm));
+  KL_TRY(X509NamePtr inter_subject, parse_dn(o.intermediate_subject));
+  KL_TRY(X509NamePtr root_subject, parse_dn(o.root_subject));
+  KL_CHECK(hsm::validate_label(o.root_key));
+  KL_CHECK(hsm::validate_label(o.intermediate_key));
+  if (!o.import_intermediate.empty() && o.root_pem.empty())
+    return fail(Domain::usage, "--import-intermediate needs --root ROOT.pem (the root that signed it)");
+  if (o.import_intermediate.empty() && !o.root_pem.empty())
+    return fail(Domain::usage, "--root is only used with --import-intermediate");
+
   KL_CHECK(files::ensure_dir(dir, 0700));
+  ::chmod(dir.c_str(), 0700);  // also when the directory existed (empty)
   InitRollback rollback(dir, created_dir);
   // The key store dir (file:keys) is created inside the state dir.
   rollback.track(dir / "keys");
@@ -105,13 +121,10 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
   KL_TRY(auto store, hsm::open(ca_config.key_store, dir));
   if (store->is_development())
     log::get("hsm")->warn("using the development key store {}: CA keys are plain files", store->uri());
-  KL_TRY(X509NamePtr inter_subject, parse_dn(o.intermediate_subject));
 
   X509Ptr root, intermediate;
   std::shared_ptr<hsm::Signer> inter_key;
   if (!o.import_intermediate.empty()) {
-    if (o.root_pem.empty())
-      return fail(Domain::usage, "--import-intermediate needs --root ROOT.pem (the root that signed it)");
     KL_TRY(std::string inter_text, read_input(o.import_intermediate, 1 << 20, "--import-intermediate"));
     KL_TRY(intermediate, x509_from_pem(inter_text, o.import_intermediate));
     KL_TRY(std::string root_text, read_input(o.root_pem, 1 << 20, "--root"));
@@ -119,10 +132,6 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
     KL_TRY(inter_key, store->signer(o.intermediate_key));
     KL_CHECK(ca::check_import(*intermediate, *root, *inter_key, ctx.clock()));
   } else {
-    if (!o.root_pem.empty())
-      return fail(Domain::usage, "--root is only used with --import-intermediate");
-    KL_TRY(hsm::Algorithm algorithm, hsm::parse_algorithm(o.algorithm));
-    KL_TRY(X509NamePtr root_subject, parse_dn(o.root_subject));
     KL_TRY(auto root_key, store->generate_signing_key(o.root_key, algorithm));
     KL_TRY(inter_key, store->generate_signing_key(o.intermediate_key, algorithm));
     KL_TRY(root, ca::make_root(*root_key, *root_subject, o.root_days, ctx.clock(), ctx.rng()));

@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
       "some inputs rejected), 8 interrupted (batch: run the same command again).\n"
       "Run 'keyline COMMAND --help' for a command's options.");
 
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("keyline: error: ") + e.what() + "\nRun 'keyline --help' (or 'keyline COMMAND --help') for usage.\n";
+  });
   cli::Handler run;
   cli::add_ca_commands(app, run);
   cli::add_ledger_commands(app, run);
