@@ -165,11 +165,17 @@ struct Worker {
   const KeyWrapper& keys;
   const std::string& batch_id;
   Ledger* reader;  // read-only connection of this worker
+  // False for a batch with nothing committed yet: no input can be done
+  // already, and a registration ID active elsewhere is refused by the
+  // ledger's unique index when the writer commits, so the per-item lookup
+  // is skipped.
+  bool resuming;
 
   // Done in this batch already? Active elsewhere? nullopt = go ahead.
   // `key` (CSR batches): a certificate in this batch counts as this input's
   // only if it is for the same public key.
   std::optional<Outcome> prior(const std::string& input, const std::string& id, const Bytes* key = nullptr) {
+    if (!resuming) return std::nullopt;
     auto ref = reader->active_ref(id, profile.name);
     if (!ref) return Rejected{input, ref.error().message()};
     if (!*ref) return std::nullopt;
@@ -492,6 +498,9 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     }
   }
 
+  KL_TRY(std::uint64_t committed_before, ledger.batch_certificate_count(summary.batch_id));
+  const bool resuming = committed_before > 0;
+
   // The pipeline.
   Progress progress;
   progress.total = count_items(o);
@@ -531,7 +540,7 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
         worker_error = reader_ledger.error();
         failed = true;
       } else {
-        Worker w{o, authority, profile, keys, summary.batch_id, &*reader_ledger};
+        Worker w{o, authority, profile, keys, summary.batch_id, &*reader_ledger, resuming};
         while (auto chunk = work.pop()) {
           if (failed.load()) continue;
           std::vector<Outcome> out;
@@ -576,9 +585,13 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
         if (!st) {
           if (st.error().domain() != Domain::policy) return std::unexpected(st.error());
           ok[i] = false;
-          rejected.add({{"input", group[i].input},
-                        {"reason", "registration ID '" + c.registration_id +
-                                       "' appears more than once in this batch or already has an active certificate"}});
+          auto holder = ledger.active_ref(c.registration_id, profile.name);
+          std::string reason = "registration ID '" + c.registration_id + "' already has an active certificate";
+          if (holder && *holder)
+            reason += " (serial " + (*holder)->serial + ((*holder)->batch_id == summary.batch_id
+                                                             ? ", issued in this batch for another input)"
+                                                             : ", outside this batch)");
+          rejected.add({{"input", group[i].input}, {"reason", reason}});
           ++progress.rejected;
         }
       }
