@@ -1,6 +1,8 @@
 #include "keyline/hsm/key_store.hpp"
 
 #include "file_store.hpp"
+#include "pkcs11_store.hpp"
+#include "tpm2_store.hpp"
 
 namespace keyline::hsm {
 
@@ -27,10 +29,19 @@ Result<std::unique_ptr<KeyStore>> open(std::string_view uri, const std::filesyst
     if (dir.is_relative() && !base_dir.empty()) dir = base_dir / dir;
     return make_file_store(std::move(dir));
   }
+  if (uri.starts_with("pkcs11:")) {
+    KL_TRY(Pkcs11Uri parsed, Pkcs11Uri::parse(uri));
+    return make_pkcs11_store(parsed);
+  }
+  if (uri.starts_with("tpm2:")) {
+    KL_TRY(Tpm2Uri parsed, Tpm2Uri::parse(uri));
+    return make_tpm2_store(parsed);
+  }
   auto colon = uri.find(':');
   std::string scheme(colon == std::string_view::npos ? uri : uri.substr(0, colon));
   return fail(Domain::usage, "key store URI scheme '" + scheme +
-                                 "' is not supported; use file:DIR (development)");
+                                 "' is not supported; use pkcs11:token=...?pin-source=file:... (RFC 7512), "
+                                 "tpm2:handle=0x81000100?tcti=..., or file:DIR (development)");
 }
 
 }  // namespace keyline::hsm

@@ -1,0 +1,504 @@
+// The pkcs11: key store against a real SoftHSM2 token made per test
+// (testkit::SoftHsm): the KeyStoreSuite checks, plus what only a token can
+// show -- keys that never leave it, PIN handling, session recovery.
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <thread>
+
+#include <openssl/evp.h>
+#include <p11-kit-1/p11-kit/pkcs11.h>
+
+#include "keyline/ca/authority.hpp"
+#include "keyline/ca/ceremony.hpp"
+#include "keyline/core/hex.hpp"
+#include "keyline/core/log.hpp"
+#include "keyline/hsm/credentials.hpp"
+#include "keyline/hsm/key_store.hpp"
+#include "keyline/hsm/pkcs11_uri.hpp"
+#include "keyline/testkit/softhsm.hpp"
+#include "keyline/testkit/testkit.hpp"
+
+namespace keyline::hsm {
+namespace {
+
+Bytes bytes_of(std::string_view s) { return Bytes(s.begin(), s.end()); }
+
+// A PIN / auth file as an operator should make it: owner-only.
+void write_secret_file(const testkit::fs::path& path, const std::string& text) {
+  testkit::write_file(path, text);
+  testkit::fs::permissions(path, testkit::fs::perms::owner_read | testkit::fs::perms::owner_write);
+}
+
+Bytes digest_of(ByteView message, Algorithm a) {
+  Bytes digest(digest_size(digest_for(a)));
+  unsigned int len = 0;
+  EVP_Digest(message.data(), message.size(), digest.data(), &len, evp_md(digest_for(a)), nullptr);
+  return digest;
+}
+
+bool verifies(const Signer& signer, ByteView message, ByteView signature) {
+  auto pub = public_key_from_der(signer.public_key());
+  EXPECT_TRUE(pub);
+  if (!pub) return false;
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
+  EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(digest_for(signer.algorithm())), nullptr, pub->get());
+  return EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
+}
+
+// A direct Cryptoki view of the token, to inspect what the store made. It
+// joins the store's module instance (C_Initialize -> ALREADY_INITIALIZED) and
+// its login, and finalises only if it initialised the module itself.
+class RawToken {
+ public:
+  explicit RawToken(const std::string& label) {
+    lib_ = dlopen(testkit::SoftHsm::kModule, RTLD_NOW | RTLD_LOCAL);
+    EXPECT_NE(lib_, nullptr);
+    auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(lib_, "C_GetFunctionList"));
+    get(&f_);
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    owns_ = f_->C_Initialize(&args) == CKR_OK;
+    CK_ULONG n = 0;
+    f_->C_GetSlotList(CK_TRUE, nullptr, &n);
+    std::vector<CK_SLOT_ID> slots(n);
+    f_->C_GetSlotList(CK_TRUE, slots.data(), &n);
+    for (CK_SLOT_ID s : slots) {
+      CK_TOKEN_INFO info{};
+      f_->C_GetTokenInfo(s, &info);
+      std::string l(reinterpret_cast<char*>(info.label), sizeof info.label);
+      l.erase(l.find_last_not_of(' ') + 1);
+      if (l == label) slot_ = s;
+    }
+    EXPECT_EQ(f_->C_OpenSession(slot_, CKF_SERIAL_SESSION, nullptr, nullptr, &session_), CKR_OK);
+  }
+  ~RawToken() {
+    if (session_ != CK_INVALID_HANDLE) f_->C_CloseSession(session_);
+    if (owns_) f_->C_Finalize(nullptr);
+    dlclose(lib_);
+  }
+  CK_FUNCTION_LIST& f() { return *f_; }
+  CK_SESSION_HANDLE session() const { return session_; }
+  CK_SLOT_ID slot() const { return slot_; }
+  void forget_session() { session_ = CK_INVALID_HANDLE; }  // after C_CloseAllSessions
+
+  CK_OBJECT_HANDLE find(CK_OBJECT_CLASS cls, const std::string& label) {
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls},
+                        {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    f_->C_FindObjectsInit(session_, t, 2);
+    f_->C_FindObjects(session_, &h, 1, &n);
+    f_->C_FindObjectsFinal(session_);
+    return n == 1 ? h : CK_INVALID_HANDLE;
+  }
+  CK_BBOOL flag(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type) {
+    CK_BBOOL v = CK_FALSE;
+    CK_ATTRIBUTE a{type, &v, sizeof v};
+    EXPECT_EQ(f_->C_GetAttributeValue(session_, h, &a, 1), CKR_OK);
+    return v;
+  }
+  CK_RV read_secret_part(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type) {
+    unsigned char buf[1024];
+    CK_ATTRIBUTE a{type, buf, sizeof buf};
+    return f_->C_GetAttributeValue(session_, h, &a, 1);
+  }
+
+ private:
+  void* lib_ = nullptr;
+  CK_FUNCTION_LIST* f_ = nullptr;
+  bool owns_ = false;
+  CK_SLOT_ID slot_ = 0;
+  CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
+};
+
+class Pkcs11Store : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = open(hsm_.uri());
+    ASSERT_TRUE(s) << s.error().message();
+    store_ = std::move(*s);
+  }
+  testkit::SoftHsm hsm_;  // declared first: outlives the store, so C_Finalize runs before the next test
+  std::unique_ptr<KeyStore> store_;
+};
+
+class Pkcs11KeyStore : public Pkcs11Store, public ::testing::WithParamInterface<Algorithm> {};
+
+TEST_P(Pkcs11KeyStore, GeneratedKeysSignVerifiablyAndReopenByLabel) {
+  Algorithm a = GetParam();
+  std::string label = "k-" + std::string(to_string(a));
+  auto signer = store_->generate_signing_key(label, a);
+  ASSERT_TRUE(signer) << signer.error().message();
+  EXPECT_EQ((*signer)->algorithm(), a);
+  Bytes message = bytes_of("hello");
+  auto sig = (*signer)->sign(digest_of(message, a));
+  ASSERT_TRUE(sig) << sig.error().message();
+  EXPECT_TRUE(verifies(**signer, message, *sig));
+  message[0] ^= 1;
+  EXPECT_FALSE(verifies(**signer, message, *sig));
+
+  auto again = store_->signer(label);
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ((*again)->public_key(), (*signer)->public_key());
+  EXPECT_EQ((*again)->algorithm(), a);
+  // A second store on the same token (the module is shared, not re-initialised).
+  auto other = open(hsm_.uri());
+  ASSERT_TRUE(other) << other.error().message();
+  auto third = (*other)->signer(label);
+  ASSERT_TRUE(third);
+  EXPECT_EQ((*third)->public_key(), (*signer)->public_key());
+  EXPECT_NE((*third)->describe().find(label), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Algorithms, Pkcs11KeyStore,
+                         ::testing::Values(Algorithm::ec_p256, Algorithm::ec_p384, Algorithm::rsa_2048,
+                                           Algorithm::rsa_3072),
+                         [](const auto& info) {
+                           std::string n(to_string(info.param));
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST_F(Pkcs11Store, NeverOverwritesAKeyAndNamesMissingOnes) {
+  ASSERT_TRUE(store_->generate_signing_key("ca", Algorithm::ec_p256));
+  auto dup = store_->generate_signing_key("ca", Algorithm::ec_p384);
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().domain(), Domain::keystore);
+  EXPECT_NE(dup.error().message().find("already exists"), std::string::npos);
+  auto missing = store_->signer("nope");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().domain(), Domain::keystore);
+  EXPECT_NE(missing.error().message().find("'nope'"), std::string::npos);
+  EXPECT_FALSE(store_->generate_signing_key("bad label", Algorithm::ec_p256));
+  EXPECT_FALSE(store_->is_development());
+}
+
+TEST_F(Pkcs11Store, WrongDigestLengthIsRefused) {
+  auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
+  ASSERT_TRUE(signer);
+  Bytes short_digest(20);
+  EXPECT_FALSE((*signer)->sign(short_digest));
+}
+
+TEST_F(Pkcs11Store, PrivateKeysAreSensitiveAndNeverExtractable) {
+  ASSERT_TRUE(store_->generate_signing_key("ec", Algorithm::ec_p256));
+  ASSERT_TRUE(store_->generate_signing_key("rsa", Algorithm::rsa_2048));
+  ASSERT_TRUE(store_->generate_secret("group"));
+  RawToken raw(hsm_.label());
+  struct Case {
+    CK_OBJECT_CLASS cls;
+    const char* label;
+    CK_ATTRIBUTE_TYPE secret_part;
+  };
+  for (auto [cls, label, secret_part] :
+       {Case{CKO_PRIVATE_KEY, "ec", CKA_VALUE}, Case{CKO_PRIVATE_KEY, "rsa", CKA_PRIVATE_EXPONENT},
+        Case{CKO_SECRET_KEY, "group", CKA_VALUE}}) {
+    SCOPED_TRACE(label);
+    CK_OBJECT_HANDLE h = raw.find(cls, label);
+    ASSERT_NE(h, CK_INVALID_HANDLE);
+    EXPECT_EQ(raw.flag(h, CKA_SENSITIVE), CK_TRUE);
+    EXPECT_EQ(raw.flag(h, CKA_EXTRACTABLE), CK_FALSE);
+    EXPECT_EQ(raw.flag(h, CKA_TOKEN), CK_TRUE);
+    EXPECT_EQ(raw.flag(h, CKA_PRIVATE), CK_TRUE);
+    EXPECT_EQ(raw.flag(h, CKA_SIGN), CK_TRUE);
+    EXPECT_EQ(raw.flag(h, CKA_DECRYPT), CK_FALSE);
+    EXPECT_EQ(raw.flag(h, CKA_UNWRAP), CK_FALSE);
+    EXPECT_EQ(raw.flag(h, CKA_DERIVE), CK_FALSE);
+    EXPECT_EQ(raw.read_secret_part(h, secret_part), CKR_ATTRIBUTE_SENSITIVE);
+  }
+}
+
+TEST_F(Pkcs11Store, WrongPinIsReportedOnceAndTheRightPinStillWorks) {
+  // Login state is per application and token (PKCS#11 v2.40 §5.6): with the
+  // fixture's store still logged in, C_Login would not check the PIN at all.
+  store_.reset();
+  write_secret_file(hsm_.dir() / "wrong-pin", "9999\n");
+  auto bad = open(hsm_.uri_with_pin_file(hsm_.dir() / "wrong-pin"));
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().domain(), Domain::keystore);
+  EXPECT_EQ(bad.error().native_code(), static_cast<std::int64_t>(CKR_PIN_INCORRECT));
+  const std::string& msg = bad.error().message();
+  EXPECT_NE(msg.find("PKCS#11 token 'LINE1' refused the PIN (CKR_PIN_INCORRECT)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("pin-source=file:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("does not retry"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("9999"), std::string::npos) << msg;
+  // The token is not locked: the right PIN still opens it and signs.
+  auto good = open(hsm_.uri());
+  ASSERT_TRUE(good) << good.error().message();
+  auto signer = (*good)->generate_signing_key("after", Algorithm::ec_p256);
+  ASSERT_TRUE(signer) << signer.error().message();
+}
+
+TEST_F(Pkcs11Store, MissingTokenIsNamedWithTheTokensPresent) {
+  auto s = open("pkcs11:token=NOPE?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:" +
+                hsm_.pin_file().string());
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().domain(), Domain::keystore);
+  EXPECT_NE(s.error().message().find("'NOPE' not found"), std::string::npos) << s.error().message();
+  EXPECT_NE(s.error().message().find("'LINE1'"), std::string::npos) << s.error().message();
+  auto no_module = open("pkcs11:token=LINE1?module-path=/nonexistent/module.so");
+  ASSERT_FALSE(no_module);
+  EXPECT_NE(no_module.error().message().find("/nonexistent/module.so"), std::string::npos);
+}
+
+TEST_F(Pkcs11Store, SecretHmacMatchesRfc4231AndStaysInTheToken) {
+  // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+  SecretBytes key(bytes_of("Jefe"));
+  ASSERT_TRUE(store_->import_secret("group", key));
+  auto secret = store_->secret("group");
+  ASSERT_TRUE(secret) << secret.error().message();
+  auto mac = (*secret)->hmac_sha256(bytes_of("what do ya want for nothing?"));
+  ASSERT_TRUE(mac) << mac.error().message();
+  EXPECT_EQ(to_hex(*mac), "5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843");
+  EXPECT_FALSE(store_->import_secret("group", key));  // never overwritten
+  ASSERT_TRUE(store_->generate_secret("random"));
+  EXPECT_FALSE(store_->generate_secret("random"));
+  auto random = store_->secret("random");
+  ASSERT_TRUE(random);
+  auto mac1 = (*random)->hmac_sha256(bytes_of("x"));
+  ASSERT_TRUE(mac1);
+  EXPECT_EQ(mac1->size(), 32u);
+  auto missing = store_->secret("absent");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message().find("'absent'"), std::string::npos);
+
+  ASSERT_TRUE(store_->generate_signing_key("issuer", Algorithm::ec_p384));
+  auto listed = store_->list();
+  ASSERT_TRUE(listed) << listed.error().message();
+  ASSERT_EQ(listed->size(), 3u);
+  EXPECT_EQ((*listed)[0].label, "group");
+  EXPECT_EQ((*listed)[0].kind, "secret");
+  EXPECT_EQ((*listed)[1].label, "issuer");
+  EXPECT_EQ((*listed)[1].kind, "signing ec-p384");
+  EXPECT_EQ((*listed)[2].label, "random");
+}
+
+TEST_F(Pkcs11Store, UriNamesThePinSourceButNeverThePin) {
+  std::string uri = store_->uri();
+  EXPECT_TRUE(uri.starts_with("pkcs11:token=LINE1;object=keyline-intermediate?module-path="));
+  EXPECT_NE(uri.find("pin-source=file:" + hsm_.pin_file().string()), std::string::npos);
+  EXPECT_EQ(uri.find("pin-value"), std::string::npos);
+}
+
+TEST_F(Pkcs11Store, RecoversFromClosedSessionsAndALogout) {
+  auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
+  ASSERT_TRUE(signer);
+  Bytes message = bytes_of("m");
+  ASSERT_TRUE((*signer)->sign(digest_of(message, Algorithm::ec_p256)));
+  {
+    RawToken raw(hsm_.label());
+    // Logging out affects every session of this application on the token.
+    EXPECT_EQ(raw.f().C_Logout(raw.session()), CKR_OK);
+    auto sig = (*signer)->sign(digest_of(message, Algorithm::ec_p256));
+    ASSERT_TRUE(sig) << sig.error().message();
+    EXPECT_TRUE(verifies(**signer, message, *sig));
+    // Every session of the application is closed under the store's feet.
+    EXPECT_EQ(raw.f().C_CloseAllSessions(raw.slot()), CKR_OK);
+    sig = (*signer)->sign(digest_of(message, Algorithm::ec_p256));
+    ASSERT_TRUE(sig) << sig.error().message();
+    EXPECT_TRUE(verifies(**signer, message, *sig));
+    raw.forget_session();
+  }
+  auto again = store_->signer("k");
+  ASSERT_TRUE(again) << again.error().message();
+}
+
+TEST_F(Pkcs11Store, ConcurrentSigningThroughTheBoundedPool) {
+  auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
+  ASSERT_TRUE(signer);
+  Bytes message = bytes_of("concurrent");
+  Bytes digest = digest_of(message, Algorithm::ec_p256);
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        auto sig = (*signer)->sign(digest);
+        if (sig && verifies(**signer, message, *sig)) ++good;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 200);
+}
+
+TEST_F(Pkcs11Store, IssuedChainVerifiesWithOpenssl) {
+  auto root_key = store_->generate_signing_key("root", Algorithm::ec_p384);
+  auto inter_key = store_->generate_signing_key("inter", Algorithm::ec_p256);
+  ASSERT_TRUE(root_key && inter_key);
+  SystemClock clock;
+  SystemRng rng;
+  auto root = ca::make_root(**root_key, *parse_dn("CN=Keyline PKCS11 Test Root").value(), 3650, clock, rng);
+  ASSERT_TRUE(root) << root.error().message();
+  auto inter = ca::make_intermediate(**root_key, **root, (*inter_key)->public_key(),
+                                     *parse_dn("CN=Keyline PKCS11 Test Line CA").value(), 365, clock, rng);
+  ASSERT_TRUE(inter) << inter.error().message();
+  std::string root_pem = to_pem(root->get()), inter_pem = to_pem(inter->get());
+  std::vector<X509Ptr> chain;
+  chain.push_back(std::move(*root));
+  auto authority = ca::Authority::create(std::move(*inter), std::move(chain), *inter_key, clock, rng);
+  ASSERT_TRUE(authority) << authority.error().message();
+  auto device_key = testkit::ec_key();
+  ca::IssueRequest req{*ca::RegistrationId::for_certificate("device-0001"), *public_key_der(device_key.get()),
+                       std::nullopt};
+  auto leaf = authority->issue(req, ca::Profile{});
+  ASSERT_TRUE(leaf) << leaf.error().message();
+  testkit::TempDir out;
+  testkit::write_file(out / "root.pem", root_pem);
+  testkit::write_file(out / "inter.pem", inter_pem);
+  testkit::write_file(out / "leaf.pem", leaf->pem);
+  auto r = testkit::run({"/usr/bin/openssl", "verify", "-x509_strict", "-CAfile", (out / "root.pem").string(),
+                         "-untrusted", (out / "inter.pem").string(), (out / "leaf.pem").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find(": OK"), std::string::npos) << r.out;
+}
+
+// Redirects fd 2 into a file for the lifetime of the object.
+class StderrCapture {
+ public:
+  explicit StderrCapture(const testkit::fs::path& file) : file_(file) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ::dup2(fd, 2);
+    ::close(fd);
+  }
+  ~StderrCapture() { finish(); }
+  std::string finish() {
+    if (saved_ >= 0) {
+      std::fflush(stderr);
+      ::dup2(saved_, 2);
+      ::close(saved_);
+      saved_ = -1;
+    }
+    return testkit::read_file(file_);
+  }
+
+ private:
+  testkit::fs::path file_;
+  int saved_ = -1;
+};
+
+TEST(Pkcs11Logging, ThePinNeverReachesTheLog) {
+  const std::string pin = "Pin-7qX-4410-zeta";
+  testkit::SoftHsm hsm("LOGGED", pin);
+  testkit::TempDir dir;
+  struct LogLevel {
+    LogLevel() { EXPECT_TRUE(log::configure("trace", log::Format::text)); }
+    ~LogLevel() { EXPECT_TRUE(log::configure("warn", log::Format::text)); }
+  } trace;
+  std::string captured;
+  {
+    StderrCapture capture(dir / "stderr");
+    {
+      auto store = open(hsm.uri());
+      ASSERT_TRUE(store) << store.error().message();
+      auto signer = (*store)->generate_signing_key("k", Algorithm::ec_p256);
+      ASSERT_TRUE(signer);
+      ASSERT_TRUE((*signer)->sign(Bytes(32, 1)));
+      ASSERT_TRUE((*store)->import_secret("s", SecretBytes(bytes_of("key"))));
+    }
+    write_secret_file(dir / "wrong", pin + "-wrong\n");
+    auto bad = open(hsm.uri_with_pin_file(dir / "wrong"));
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error().message().find(pin), std::string::npos);
+    {
+      ::setenv("KEYLINE_PKCS11_PIN", pin.c_str(), 1);
+      auto from_env = open("pkcs11:token=LOGGED");
+      ::unsetenv("KEYLINE_PKCS11_PIN");
+      ASSERT_TRUE(from_env) << from_env.error().message();
+    }
+    captured = capture.finish();
+  }
+  EXPECT_NE(captured.find("[hsm.pkcs11]"), std::string::npos) << "nothing was logged at trace level";
+  EXPECT_NE(captured.find("logged in to PKCS#11 token 'LOGGED'"), std::string::npos) << captured;
+  EXPECT_EQ(captured.find(pin), std::string::npos) << captured;
+}
+
+TEST(Pkcs11Uri, ParsesRfc7512PathAndQueryAttributes) {
+  auto uri = Pkcs11Uri::parse(
+      "pkcs11:token=My%20Token;object=keyline-intermediate;id=%01%02;serial=abc;slot-id=7;type=private"
+      "?module-path=/opt/hsm/lib.so&pin-source=file:/etc/keyline/pin");
+  ASSERT_TRUE(uri) << uri.error().message();
+  EXPECT_EQ(uri->token(), "My Token");
+  EXPECT_EQ(uri->object(), "keyline-intermediate");
+  EXPECT_EQ(uri->id(), std::string("\x01\x02"));
+  EXPECT_EQ(uri->serial(), "abc");
+  EXPECT_EQ(uri->slot_id(), 7u);
+  EXPECT_EQ(uri->module_path(), "/opt/hsm/lib.so");
+  EXPECT_EQ(uri->pin_source(), "file:/etc/keyline/pin");
+  auto again = Pkcs11Uri::parse(uri->to_string());
+  ASSERT_TRUE(again) << uri->to_string();
+  EXPECT_EQ(again->to_string(), uri->to_string());
+  EXPECT_NE(uri->to_string().find("token=My%20Token"), std::string::npos);
+}
+
+TEST(Pkcs11Uri, DefaultsToSoftHsmAndRefusesSecretsAndTypos) {
+  auto plain = Pkcs11Uri::parse("pkcs11:token=LINE1");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->module_path(), kDefaultPkcs11Module);
+  EXPECT_EQ(plain->to_string(), "pkcs11:token=LINE1?module-path=/usr/lib/softhsm/libsofthsm2.so");
+
+  auto secret = Pkcs11Uri::parse("pkcs11:token=LINE1?pin-value=s3cr3t-1234");
+  ASSERT_FALSE(secret);
+  EXPECT_EQ(secret.error().domain(), Domain::usage);
+  EXPECT_NE(secret.error().message().find("pin-source=file:"), std::string::npos);
+  EXPECT_EQ(secret.error().message().find("s3cr3t-1234"), std::string::npos);
+  EXPECT_FALSE(open("pkcs11:token=LINE1?pin-value=1234"));
+  auto in_path = Pkcs11Uri::parse("pkcs11:token=LINE1;pin-value=s3cr3t-1234");
+  ASSERT_FALSE(in_path);
+  EXPECT_NE(in_path.error().message().find("refuses secrets"), std::string::npos);
+  EXPECT_EQ(in_path.error().message().find("s3cr3t-1234"), std::string::npos);
+
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:tokn=LINE1"));
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:token=LINE1?modul-path=/x.so"));
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:token=LINE1?module-path=relative.so"));
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:token=A%2"));
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:object=k"));  // names no token
+  EXPECT_FALSE(Pkcs11Uri::parse("pkcs11:token=A;slot-id=x"));
+  EXPECT_TRUE(Pkcs11Uri::parse("pkcs11:token=A;x-vendor=1?x-other=2"));
+}
+
+TEST(Pkcs11Credentials, SecretComesFromFileThenEnvironment) {
+  testkit::TempDir dir;
+  write_secret_file(dir / "pin", "12 34\r\nsecond line\n");
+  auto from_file = resolve_secret("file:" + (dir / "pin").string(), "KEYLINE_TEST_UNSET_VARIABLE", "PIN: ");
+  ASSERT_TRUE(from_file) << from_file.error().message();
+  EXPECT_EQ(from_file->reveal(), "12 34");
+  auto absolute = resolve_secret((dir / "pin").string(), "", "PIN: ");
+  ASSERT_TRUE(absolute);
+  EXPECT_EQ(absolute->reveal(), "12 34");
+
+  ::setenv("KEYLINE_TEST_SECRET", "from-env", 1);
+  auto from_env = resolve_secret("", "KEYLINE_TEST_SECRET", "PIN: ");
+  ::unsetenv("KEYLINE_TEST_SECRET");
+  ASSERT_TRUE(from_env);
+  EXPECT_EQ(from_env->reveal(), "from-env");
+
+  write_secret_file(dir / "empty", "\n");
+  EXPECT_FALSE(resolve_secret("file:" + (dir / "empty").string(), "", ""));
+  auto missing = resolve_secret("file:" + (dir / "absent").string(), "", "");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message().find("absent"), std::string::npos);
+  auto scheme = resolve_secret("env:FOO", "", "");
+  ASSERT_FALSE(scheme);
+  EXPECT_EQ(scheme.error().domain(), Domain::usage);
+}
+
+TEST(Pkcs11Credentials, WithoutASourceOrTerminalTheErrorSaysWhatToDo) {
+  if (::isatty(STDIN_FILENO)) GTEST_SKIP() << "stdin is a terminal: the prompt would be used";
+  auto none = resolve_secret("", "KEYLINE_TEST_UNSET_VARIABLE", "PIN: ");
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().domain(), Domain::keystore);
+  EXPECT_NE(none.error().message().find("pin-source=file:"), std::string::npos);
+  EXPECT_NE(none.error().message().find("KEYLINE_TEST_UNSET_VARIABLE"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace keyline::hsm
