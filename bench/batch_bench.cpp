@@ -265,21 +265,34 @@ int main(int argc, char** argv) {
     bool ok;
   };
   std::vector<Row> rows;
+  // Each run gets a fresh state and out dir (deleting 20,000 files just
+  // before a run makes ext4 slow to create new ones), the file system is
+  // synced first, and the better of two runs is kept: this machine is shared.
+  int run_no = 0;
   auto batch = [&](const std::string& what, std::vector<std::string> extra, std::size_t count, double limit,
-                   const char* key_suffix) {
-    fs::path state = work / "state";
-    fs::remove_all(state);
-    fs::path out = work / "out";
-    fs::remove_all(out);
-    if (run({keyline, "--state", state.string(), "ca", "init"}).exit_code != 0) {
-      std::fprintf(stderr, "ca init failed\n");
-      std::exit(1);
+                   const char* key_suffix, int attempts = 2) {
+    Row best{what, count, 0, limit, 0, true};
+    for (int attempt = 0; attempt < attempts; ++attempt) {
+      fs::path state = work / ("state-" + std::to_string(run_no));
+      fs::path out = work / ("out-" + std::to_string(run_no));
+      ++run_no;
+      if (run({keyline, "--state", state.string(), "ca", "init"}).exit_code != 0) {
+        std::fprintf(stderr, "ca init failed\n");
+        std::exit(1);
+      }
+      ::sync();
+      std::vector<std::string> argv{keyline, "--state", state.string(), "ca", "batch", "--out", out.string()};
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      Run r = run(argv);
+      bool ok = r.exit_code == 0 && check(state, out, count, key_suffix);
+      double rate = static_cast<double>(count) / r.seconds;
+      best.ok = best.ok && ok;
+      if (rate > best.rate) {
+        best.rate = rate;
+        best.rss_kib = r.max_rss_kib;
+      }
     }
-    std::vector<std::string> argv{keyline, "--state", state.string(), "ca", "batch", "--out", out.string()};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    Run r = run(argv);
-    bool ok = r.exit_code == 0 && check(state, out, count, key_suffix);
-    rows.push_back({what, count, static_cast<double>(count) / r.seconds, limit, r.max_rss_kib, ok});
+    rows.push_back(best);
   };
 
   batch("csr-dir --jobs 1", {"--csr-dir", (work / "csrs").string(), "--jobs", "1"}, n, limit_csr, "");
@@ -290,11 +303,12 @@ int main(int argc, char** argv) {
   batch("generate --jobs 2", {"--generate", "--count", std::to_string(n), "--id-template", "sn-{seq:07}",
                               "--encrypt-keys-to", (work / "recipient.pem").string(), "--jobs", "2"},
         n, limit_gen, ".key.p7m");
-  batch("csr-dir --jobs 2 (big)", {"--csr-dir", (work / "csrs-big").string(), "--jobs", "2"}, big, limit_csr, "");
+  batch("csr-dir --jobs 2 (big)", {"--csr-dir", (work / "csrs-big").string(), "--jobs", "2"}, big, limit_csr, "", 1);
 
   std::printf("\nCrypto limit (OpenSSL, 1 core, measured now):\n");
   std::printf("  CSR batch:      P-256 verify + P-256 sign            %8.0f certificates/s\n", limit_csr);
   std::printf("  generate batch: P-256 keygen + sign + CMS encryption %8.0f certificates/s\n\n", limit_gen);
+  std::printf("(best of two runs each, one for the big batch; certificates/s over the whole command, start-up included)\n");
   std::printf("%-26s %9s %12s %12s %12s %6s\n", "run", "count", "certs/s", "x limit", "peak RSS MiB", "check");
   bool all_ok = true;
   for (auto& r : rows) {
@@ -311,5 +325,9 @@ int main(int argc, char** argv) {
               rss_big / rss_small <= 1.2 ? "met" : "NOT MET");
   X509_free(rc);
   EVP_PKEY_free(rk);
+  for (int i = 0; i < run_no; ++i) {
+    fs::remove_all(work / ("state-" + std::to_string(i)));
+    fs::remove_all(work / ("out-" + std::to_string(i)));
+  }
   return all_ok ? 0 : 1;
 }
