@@ -111,7 +111,19 @@ struct Rejected {
   std::string reason;
 };
 struct AlreadyDone {};
-using Outcome = std::variant<Issued, Rejected, AlreadyDone>;
+// The key store (or the machine) failed: no input is at fault, and no
+// further input can succeed. The batch stops; what was signed is committed.
+struct Fatal {
+  Error error;
+};
+using Outcome = std::variant<Issued, Rejected, AlreadyDone, Fatal>;
+
+// Whether an issuance error belongs to the input (reject it, go on) or to
+// the station (stop the batch).
+Outcome issue_failure(const std::string& input, const Error& e) {
+  if (e.domain() == Domain::input || e.domain() == Domain::policy) return Rejected{input, e.message()};
+  return Fatal{e};
+}
 
 // ------------------------------------------------------------------ keys
 
@@ -201,7 +213,7 @@ struct Worker {
     }
     if (auto p = prior(item.input, accepted->registration_id.str(), &accepted->public_key)) return *p;
     auto cert = authority.issue({accepted->registration_id, accepted->public_key, std::nullopt}, profile);
-    if (!cert) return Rejected{item.input, cert.error().message()};
+    if (!cert) return issue_failure(item.input, cert.error());
     return Issued{item.input, std::move(*cert), {}};
   }
 
@@ -210,11 +222,11 @@ struct Worker {
     if (!id) return Rejected{item.input, id.error().message()};
     if (auto p = prior(item.input, id->str())) return *p;
     auto key = generate_device_key(o.key_algorithm);
-    if (!key) return Rejected{item.input, key.error().message()};
+    if (!key) return issue_failure(item.input, key.error());
     auto cert = authority.issue({*id, key->spki, std::nullopt}, profile);
-    if (!cert) return Rejected{item.input, cert.error().message()};
+    if (!cert) return issue_failure(item.input, cert.error());
     auto wrapped = keys.wrap(key->pkcs8_pem);
-    if (!wrapped) return Rejected{item.input, wrapped.error().message()};
+    if (!wrapped) return issue_failure(item.input, wrapped.error());
     return Issued{item.input, std::move(*cert), std::move(*wrapped)};
   }
 };
@@ -629,6 +641,9 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     } else if (auto* rej = std::get_if<Rejected>(&outcome)) {
       rejected.add({{"input", rej->input}, {"reason", rej->reason}});
       ++progress.rejected;
+    } else if (auto* fatal = std::get_if<Fatal>(&outcome)) {
+      KL_CHECK(flush_group());  // what was signed before the failure is kept
+      return std::unexpected(fatal->error.with_context("batch stopped"));
     } else {
       ++progress.already_done;
     }
