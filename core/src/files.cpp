@@ -22,6 +22,24 @@ Result<std::string> read(const fs::path& path, std::size_t max_bytes) {
                 "cannot read " + errno_text(path, err), err);
   }
   std::string out;
+  // One read for the usual case: a regular file read to its known size.
+  struct stat st{};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<std::size_t>(st.st_size) <= max_bytes &&
+      st.st_size > 0) {
+    out.resize(static_cast<std::size_t>(st.st_size));
+    std::size_t got = 0;
+    while (got < out.size()) {
+      ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    if (got == out.size()) {
+      ::close(fd);
+      return out;
+    }
+    out.resize(got);  // shorter than its size said: read on below
+  }
   char buf[65536];
   for (;;) {
     ssize_t n = ::read(fd, buf, sizeof buf);

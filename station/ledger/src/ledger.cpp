@@ -293,20 +293,19 @@ struct Binder {
 }  // namespace
 
 Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
-  KL_TRY(auto existing, active_ref(r.registration_id, r.profile));
-  if (existing && r.status == "active") {
-    if (!supersede)
-      return fail(Domain::policy, "registration ID '" + r.registration_id +
-                                      "' already has an active certificate (serial " + existing->serial +
-                                      ") for profile '" + r.profile +
-                                      "'; use --reissue to supersede it, or revoke it first");
-    sqlite3_stmt* s = nullptr;
-    sqlite3_prepare_v2(db_, "UPDATE certificates SET status='superseded', superseded_by=? WHERE serial=?",
-                       -1, &s, nullptr);
-    Stmt st(s);
-    Binder{s}.text(r.serial).text(existing->serial);
-    if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("superseding " + existing->serial));
+  if (supersede && r.status == "active") {
+    KL_TRY(auto existing, active_ref(r.registration_id, r.profile));
+    if (existing) {
+      sqlite3_stmt* s = nullptr;
+      sqlite3_prepare_v2(db_, "UPDATE certificates SET status='superseded', superseded_by=? WHERE serial=?", -1, &s,
+                         nullptr);
+      Stmt st(s);
+      Binder{s}.text(r.serial).text(existing->serial);
+      if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(sqlite_error("superseding " + existing->serial));
+    }
   }
+  // The schema decides uniqueness (serial; one active per registration ID
+  // and profile); the lookup below only words the refusal.
   static constexpr const char* kInsert =
       "INSERT INTO certificates (serial, registration_id, profile, subject, "
       "cert_sha256, pubkey_sha256, not_before, not_after, status, issued_at, "
@@ -321,13 +320,19 @@ Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
   b.opt_text(r.revocation_reason).opt_text(r.superseded_by).opt_text(r.batch_id).blob(r.der);
   int rc = sqlite3_step(s);
   sqlite3_reset(s);
-  if (rc != SQLITE_DONE) {
-    if ((sqlite3_extended_errcode(db_) & 0xff) == SQLITE_CONSTRAINT)
-      return fail(Domain::policy, "ledger refused certificate " + r.serial + " for '" + r.registration_id +
-                                      "': " + sqlite3_errmsg(db_));
+  if (rc == SQLITE_DONE) return {};
+  if ((sqlite3_extended_errcode(db_) & 0xff) != SQLITE_CONSTRAINT)
     return std::unexpected(sqlite_error("recording certificate " + r.serial));
+  std::string detail = sqlite3_errmsg(db_);
+  if (r.status == "active") {
+    KL_TRY(auto existing, active_ref(r.registration_id, r.profile));
+    if (existing)
+      return fail(Domain::policy, "registration ID '" + r.registration_id +
+                                      "' already has an active certificate (serial " + existing->serial +
+                                      ") for profile '" + r.profile +
+                                      "'; use --reissue to supersede it, or revoke it first");
   }
-  return {};
+  return fail(Domain::policy, "ledger refused certificate " + r.serial + " for '" + r.registration_id + "': " + detail);
 }
 
 Result<std::optional<CertificateRecord>> Ledger::certificate(const std::string& serial) {
