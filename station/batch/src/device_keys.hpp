@@ -20,7 +20,7 @@ namespace keyline::station::batch {
 struct DeviceKey {
   EvpPkeyPtr key;
   Bytes spki;              // DER SubjectPublicKeyInfo
-  SecretString pkcs8_pem;  // "-----BEGIN PRIVATE KEY-----..."
+  SecretString pkcs8_pem;  // PKCS#8, PEM-armoured
 };
 
 // Generates a key (a keygen context is kept per thread and algorithm).
