@@ -166,3 +166,21 @@ TEST(Ledger, RefusesNewerCorruptAndForeignFiles) {
 
 }  // namespace
 }  // namespace keyline::station
+
+namespace keyline::station {
+namespace {
+
+TEST(Ledger, MoveAssignmentClosesTheOldConnectionAndKeepsTheNew) {
+  testkit::TempDir dir;
+  auto a = *Ledger::create(dir / "a.db");
+  ASSERT_TRUE(a.active_ref("x", "device"));  // a cached statement to finalise
+  auto b = *Ledger::create(dir / "b.db");
+  ASSERT_TRUE(insert(b, record("0B", "in-b")));
+  a = std::move(b);
+  EXPECT_EQ(a.path(), dir / "b.db");
+  ASSERT_TRUE(*a.certificate("0B"));
+  ASSERT_TRUE(insert(a, record("0C", "also-b")));
+}
+
+}  // namespace
+}  // namespace keyline::station

@@ -201,7 +201,9 @@ Ledger::Ledger(Ledger&& o) noexcept
 }
 Ledger& Ledger::operator=(Ledger&& o) noexcept {
   if (this != &o) {
-    this->~Ledger();
+    for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+    cache_.clear();
+    if (db_) sqlite3_close_v2(db_);
     db_ = o.db_;
     path_ = std::move(o.path_);
     cache_ = std::move(o.cache_);
