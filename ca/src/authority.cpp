@@ -236,18 +236,6 @@ void append_time(Bytes& out, TimePoint t) {
                          ByteView(reinterpret_cast<const unsigned char*>(buf), static_cast<std::size_t>(n)));
 }
 
-std::string pem_encode(const char* label, ByteView der) {
-  std::string b64 = base64_encode(der);
-  std::string out = std::string("-----BEGIN ") + label + "-----\n";
-  out.reserve(b64.size() + b64.size() / 64 + 64);
-  for (std::size_t i = 0; i < b64.size(); i += 64) {
-    out.append(b64, i, 64);
-    out.push_back('\n');
-  }
-  out += std::string("-----END ") + label + "-----\n";
-  return out;
-}
-
 }  // namespace
 
 TimePoint Authority::leaf_not_after(const Profile& profile, TimePoint now) const {

@@ -87,6 +87,20 @@ Result<X509Ptr> x509_from_pem(std::string_view pem, std::string_view source) {
   return x;
 }
 
+std::string pem_encode(std::string_view label, ByteView der) {
+  std::string b64 = base64_encode(der);
+  std::string out;
+  out.reserve(b64.size() + b64.size() / 64 + 2 * label.size() + 40);
+  out.append("-----BEGIN ").append(label).append("-----\n");
+  for (std::size_t i = 0; i < b64.size(); i += 64) {
+    out.append(b64, i, 64);
+    out.push_back('\n');
+  }
+  out.append("-----END ").append(label).append("-----\n");
+  OPENSSL_cleanse(b64.data(), b64.size());
+  return out;
+}
+
 Bytes sha256(ByteView data) {
   Bytes out(SHA256_DIGEST_LENGTH);
   SHA256(data.data(), data.size(), out.data());

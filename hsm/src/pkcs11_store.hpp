@@ -70,6 +70,8 @@ Result<std::unique_ptr<KeyStore>> make_pkcs11_store(const Pkcs11Uri& uri);
 
 // "CKR_PIN_INCORRECT" for 0xA0; "CKR_VENDOR_DEFINED+0x..." or "CKR_0x..." otherwise.
 std::string ckr_name(unsigned long rv);
+// What to do about `rv` ("" when there is nothing specific to say).
+const char* ckr_advice(unsigned long rv);
 
 namespace detail {
 // Key encodings shared by the hardware backends (pkcs11 and tpm2).

@@ -75,18 +75,6 @@ Bytes bit_string(const EcParts& p) {
   return bits;
 }
 
-std::string pem(const char* label, ByteView der) {
-  std::string b64 = base64_encode(der);
-  std::string out = std::string("-----BEGIN ") + label + "-----\n";
-  for (std::size_t i = 0; i < b64.size(); i += 64) {
-    out.append(b64, i, 64);
-    out.push_back('\n');
-  }
-  out += std::string("-----END ") + label + "-----\n";
-  OPENSSL_cleanse(b64.data(), b64.size());
-  return out;
-}
-
 }  // namespace
 
 Result<Bytes> encode_spki(const EVP_PKEY* key) {
@@ -134,7 +122,7 @@ Result<SecretString> encode_pkcs8_pem(const EVP_PKEY* key) {
   tlv(body, 0x04, ec_key);
   Bytes der;
   tlv(der, 0x30, body);
-  SecretString out(pem("PRIVATE KEY", der));
+  SecretString out(pem_encode("PRIVATE KEY", der));
   for (Bytes* b : {&scalar, &ec_body, &ec_key, &body, &der}) OPENSSL_cleanse(b->data(), b->size());
   return out;
 }

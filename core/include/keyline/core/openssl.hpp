@@ -66,6 +66,9 @@ std::string to_pem(const X509* x);
 std::string to_pem_req(const X509_REQ* r);
 std::string to_pem_crl(const X509_CRL* c);
 Result<X509Ptr> x509_from_pem(std::string_view pem, std::string_view source);
+// PEM armour (RFC 7468): "-----BEGIN LABEL-----", base64 in 64-column lines,
+// "-----END LABEL-----". The intermediate base64 text is wiped (keys use it).
+std::string pem_encode(std::string_view label, ByteView der);
 
 // SHA-256 / SHA-384 of bytes.
 Bytes sha256(ByteView data);
