@@ -7,6 +7,8 @@ BIN=${1:?usage: demo.sh BIN_DIR}
 KEYLINE="$BIN/keyline"
 DEMO=${KEYLINE_DEMO_DIR:-$PWD/demo-state}
 export KEYLINE_LOG=${KEYLINE_LOG:-error}
+# Every state-changing command names its operator on the audit trail.
+export KEYLINE_OPERATOR=${KEYLINE_OPERATOR:-demo-operator}
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO/csr" "$DEMO/issued"
@@ -76,7 +78,26 @@ echo "   re-running the same command finds everything done:"
 "$KEYLINE" --state "$STATE" ca batch --generate --count 2000 --id-template 'sn-{seq:06}' \
   --out "$DEMO/batch" --encrypt-keys-to "$DEMO/programmer.pem" | sed 's/^/   /'
 
-say "8. Summary"
+say "8. Audit: export the tamper-evident trail, verify it (also with openssl), then catch an edit"
+"$KEYLINE" --state "$STATE" audit export --format jsonl --out "$DEMO/audit.jsonl" | sed 's/^/   /'
+"$KEYLINE" --state "$STATE" audit verify "$DEMO/audit.jsonl" | sed 's/^/   /'
+openssl x509 -in "$STATE/audit.pem" -noout -pubkey > "$DEMO/audit-pub.pem"
+openssl dgst -sha256 -verify "$DEMO/audit-pub.pem" -signature "$DEMO/audit.jsonl.manifest.json.sig" \
+  "$DEMO/audit.jsonl.manifest.json" | sed 's/^/   manifest signature (openssl): /'
+"$KEYLINE" --state "$STATE" audit verify --ledger | sed 's/^/   ledger: /'
+cp "$DEMO/audit.jsonl" "$DEMO/audit-edited.jsonl"
+cp "$DEMO/audit.jsonl.manifest.json" "$DEMO/audit-edited.jsonl.manifest.json"
+cp "$DEMO/audit.jsonl.manifest.json.sig" "$DEMO/audit-edited.jsonl.manifest.json.sig"
+sed -i '5s/demo-operator/someone-else/' "$DEMO/audit-edited.jsonl"
+if "$KEYLINE" --state "$STATE" audit verify "$DEMO/audit-edited.jsonl" 2>"$DEMO/verify.err"; then
+  echo "   unexpected: an edited export verified" >&2; exit 1
+else
+  echo "   edited export refused with exit code $?: $(cat "$DEMO/verify.err")"
+fi
+"$KEYLINE" --state "$STATE" report devices --format csv --out "$DEMO/devices.csv" 2>/dev/null
+echo "   device report: $(($(wc -l < "$DEMO/devices.csv") - 1)) devices in $DEMO/devices.csv"
+
+say "9. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
 "$KEYLINE" --state "$STATE" ledger certificates --status revoked

@@ -15,9 +15,11 @@ Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
   return {};
 }
 
+enum class Kind { root, intermediate, signing };
+
 Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,
                              ByteView subject_key, const X509_NAME& subject, int days,
-                             const Clock& clock, Rng& rng, bool intermediate) {
+                             const Clock& clock, Rng& rng, Kind kind) {
   if (days < 1 || days > 36500) return fail(Domain::usage, "CA validity must be 1 to 36500 days");
   KL_TRY(EvpPkeyPtr pub, hsm::public_key_from_der(subject_key));
   X509Ptr cert(X509_new());
@@ -32,10 +34,15 @@ Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,
   auto now = static_cast<std::time_t>(clock.now().time_since_epoch().count());
   ASN1_TIME_set(X509_getm_notBefore(cert.get()), now - 300);
   ASN1_TIME_set(X509_getm_notAfter(cert.get()), now + static_cast<std::time_t>(days) * 86400);
+  if (kind == Kind::signing && ASN1_TIME_compare(X509_get0_notAfter(issuer), X509_get0_notAfter(cert.get())) < 0)
+    X509_set1_notAfter(cert.get(), X509_get0_notAfter(issuer));  // never outlives its issuer
   X509_set_pubkey(cert.get(), pub.get());
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer ? const_cast<X509*>(issuer) : cert.get(), cert.get(), nullptr, nullptr, 0);
-  if (intermediate) {
+  if (kind == Kind::signing) {
+    KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+    KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature,nonRepudiation"));
+  } else if (kind == Kind::intermediate) {
     KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0"));
     KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature"));
   } else {
@@ -45,11 +52,11 @@ Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,
   KL_CHECK(add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
   if (issuer) KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
   KL_TRY(X509Ptr signed_cert, detail::sign_certificate(cert.get(), signing_key));
-  // A CA certificate is checked against its issuer key before it is used:
+  // A certificate made here is checked against its issuer key before it is used:
   // a faulty signer must not produce a CA nobody can verify.
   KL_TRY(EvpPkeyPtr issuer_pub, hsm::public_key_from_der(signing_key.public_key()));
   if (X509_verify(signed_cert.get(), issuer_pub.get()) != 1)
-    return std::unexpected(openssl_error(Domain::keystore, "the new CA certificate's signature does not verify; the key store " +
+    return std::unexpected(openssl_error(Domain::keystore, "the new certificate's signature does not verify; the key store " +
                                                                signing_key.describe() + " signed incorrectly"));
   return signed_cert;
 }
@@ -58,13 +65,19 @@ Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,
 
 Result<X509Ptr> make_root(const hsm::Signer& root_key, const X509_NAME& subject, int days,
                           const Clock& clock, Rng& rng) {
-  return make_ca_cert(root_key, nullptr, root_key.public_key(), subject, days, clock, rng, false);
+  return make_ca_cert(root_key, nullptr, root_key.public_key(), subject, days, clock, rng, Kind::root);
 }
 
 Result<X509Ptr> make_intermediate(const hsm::Signer& root_key, const X509& root,
                                   ByteView intermediate_public_key, const X509_NAME& subject,
                                   int days, const Clock& clock, Rng& rng) {
-  return make_ca_cert(root_key, &root, intermediate_public_key, subject, days, clock, rng, true);
+  return make_ca_cert(root_key, &root, intermediate_public_key, subject, days, clock, rng, Kind::intermediate);
+}
+
+Result<X509Ptr> make_signing_certificate(const hsm::Signer& issuer_key, const X509& issuer,
+                                         ByteView public_key, const X509_NAME& subject, int days,
+                                         const Clock& clock, Rng& rng) {
+  return make_ca_cert(issuer_key, &issuer, public_key, subject, days, clock, rng, Kind::signing);
 }
 
 Result<X509ReqPtr> make_request(const hsm::Signer& key, const X509_NAME& subject) {

@@ -145,6 +145,69 @@ Status PendingFile::publish() {
   return rename_into_place(tmp_, target_);
 }
 
+Result<StreamingFile> StreamingFile::open(const fs::path& path, unsigned mode) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    return fail(Domain::io, "cannot write " + path.string() + ": it is a directory; give a file name");
+  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  fs::path tmp = dir / ("." + path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+                        std::to_string(g_counter++));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    int err = errno;
+    return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+  }
+  ::fchmod(fd, mode);
+  return StreamingFile(fd, std::move(tmp), path);
+}
+
+StreamingFile::StreamingFile(StreamingFile&& o) noexcept
+    : fd_(o.fd_), tmp_(std::move(o.tmp_)), target_(std::move(o.target_)), buffer_(std::move(o.buffer_)) {
+  o.fd_ = -1;
+  o.tmp_.clear();
+}
+
+StreamingFile::~StreamingFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+Status StreamingFile::flush() {
+  std::size_t off = 0;
+  while (off < buffer_.size()) {
+    ssize_t n = ::write(fd_, buffer_.data() + off, buffer_.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      return fail(Domain::io, "cannot write " + errno_text(target_, err), err);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  buffer_.clear();
+  return {};
+}
+
+Status StreamingFile::write(std::string_view data) {
+  if (fd_ < 0) return fail(Domain::internal, "write to a finished file " + target_.string());
+  buffer_.append(data);
+  if (buffer_.size() >= (1u << 20)) return flush();
+  return {};
+}
+
+Result<PendingFile> StreamingFile::finish() {
+  KL_CHECK(flush());
+  int rc = ::fsync(fd_);
+  int rc2 = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0 || rc2 != 0) {
+    int err = errno;
+    return fail(Domain::io, "cannot write " + errno_text(target_, err), err);
+  }
+  PendingFile pending(tmp_, target_);
+  tmp_.clear();
+  return pending;
+}
+
 Status ensure_dir(const fs::path& dir, unsigned mode) {
   std::error_code ec;
   if (fs::is_directory(dir, ec)) return {};

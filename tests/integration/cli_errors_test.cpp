@@ -322,6 +322,7 @@ TEST_P(BadInput, FailsWithExactExitCodeAndMessageAndWritesNothing) {
   std::vector<std::string> args = c.prepare(e);
   if (!e.skip_reason.empty()) GTEST_SKIP() << e.skip_reason;
   DirState before = capture(e.root);
+  std::string audit_before = audit_types(e.state);
 
   std::vector<std::string> argv = e.prefix;
   argv.insert(argv.end(), {tk::bin("keyline").string(), "--state", e.run_state.string()});
@@ -333,8 +334,15 @@ TEST_P(BadInput, FailsWithExactExitCodeAndMessageAndWritesNothing) {
   for (auto& m : c.messages) EXPECT_TRUE(contains(r.err, m)) << "expected '" << m << "' in: " << r.err;
   for (auto& m : e.also_expect) EXPECT_TRUE(contains(r.err, m)) << "expected '" << m << "' in: " << r.err;
   EXPECT_EQ(r.out, "") << "a refused command prints nothing on stdout";
-  EXPECT_EQ(changes_since(before, e.root), "")
-      << "a refused command must not create, change or remove anything";
+  // A refused request leaves one trace: its "request.rejected" audit record.
+  std::string changes = changes_since(before, e.root);
+  std::string audit_after = audit_types(e.state);
+  if (audit_after != audit_before) {
+    EXPECT_EQ(audit_after, audit_before + "request.rejected\n") << "only the refusal may be recorded";
+    EXPECT_EQ(changes, "changed state/ledger.db\n") << "nothing but the audit record may change";
+  } else {
+    EXPECT_EQ(changes, "") << "a refused command must not create, change or remove anything";
+  }
   if (c.after) c.after(e);
 }
 
@@ -425,7 +433,7 @@ TEST(Secrets, PrivateKeyBytesNeverReachOutputLogsOrLedger) {
   trace({"ca", "init"});  // refused: already initialised
 
   auto keys = key_needles(state / "keys");
-  ASSERT_EQ(keys.size(), 2u);
+  ASSERT_EQ(keys.size(), 3u) << "root, intermediate and audit key";
   // The needles do find a key where it is: in its own file.
   for (auto& key : keys) {
     std::string own = tk::read_file(state / "keys" / key.label);

@@ -242,6 +242,14 @@ struct DirState {
   std::set<std::string> paths;
 };
 
+// The audit trail's record types in order, one per line ("" without a ledger).
+inline std::string audit_types(const fs::path& state) {
+  if (!fs::exists(state / "ledger.db")) return "";
+  tk::RunResult r = tk::run({"/usr/bin/sqlite3", (state / "ledger.db").string(),
+                             "SELECT type FROM audit_events ORDER BY seq"});
+  return r.out;
+}
+
 inline DirState capture(const fs::path& dir) { return {tk::snapshot(dir), tree(dir)}; }
 
 // "" when nothing changed, else one line per added, removed or changed path.

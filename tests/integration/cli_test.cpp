@@ -29,7 +29,8 @@ TEST(CaInit, CreatesPrivateStateDirWithCertificatesConfigAndLedger) {
     EXPECT_EQ(mode_of(e.path()), 0600u) << e.path();
     ++keys;
   }
-  EXPECT_EQ(keys, 2) << "root and intermediate key";
+  EXPECT_EQ(keys, 3) << "root, intermediate and audit key";
+  EXPECT_TRUE(fs::is_regular_file(state / "audit.pem")) << "the audit key's certificate";
 
   // chain.pem is the intermediate, then the root.
   X509Ptr root = parse_cert(state / "root.pem");

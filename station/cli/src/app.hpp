@@ -11,6 +11,7 @@
 
 #include "keyline/core/clock.hpp"
 #include "keyline/core/error.hpp"
+#include "keyline/station/audit.hpp"
 #include "keyline/station/state_dir.hpp"
 
 namespace keyline::cli {
@@ -20,6 +21,7 @@ struct Globals {
   std::string config_file;
   std::string log_level;
   std::string log_format = "text";
+  std::string operator_name;  // --operator
   bool json = false;
 };
 
@@ -32,6 +34,12 @@ class Context {
   const Clock& clock() const { return clock_; }
   Rng& rng() const { return rng_; }
   bool json() const { return json_; }
+
+  // Who runs a state-changing command: --operator, KEYLINE_OPERATOR, then
+  // [audit] operator. A usage error when none is set and one is required.
+  Result<station::audit::Actor> actor(const station::Config& config) const;
+  // For `ca init`, before any configuration exists.
+  Result<std::string> operator_name(bool required) const;
 
   // A command that completed but not fully (batch: partial, interrupted)
   // says so here; main() exits with it after the command's own output.
@@ -46,6 +54,7 @@ class Context {
   const Clock& clock_;
   Rng& rng_;
   bool json_;
+  std::string operator_flag_;
   mutable ExitCode outcome_ = ExitCode::ok;
 };
 
@@ -56,6 +65,23 @@ void add_ca_commands(CLI::App& app, Handler& run);
 void add_ledger_commands(CLI::App& app, Handler& run);
 void add_batch_command(CLI::App& ca_cmd, Handler& run);
 void add_hsm_commands(CLI::App& app, Handler& run);
+void add_audit_commands(CLI::App& app, Handler& run);
+
+// The audit key (label [audit] key in the CA key store) with its certificate
+// chain (STATE/audit.pem, then chain.pem).
+Result<station::audit::AuditKey> open_audit_key(const Context& ctx, const station::Config& config,
+                                                hsm::KeyStore& store);
+// Generates the audit key in `store` and certifies it with the intermediate;
+// writes STATE/audit.pem. Returns the certificate's SHA-256.
+Result<std::string> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
+                                     const hsm::Signer& issuer_key, const X509& issuer, const std::string& station_id);
+// A signed checkpoint when the trail is due one; a missing audit key only
+// warns (older state dirs: `keyline audit key create`).
+Status checkpoint_if_due(const Context& ctx, const station::Config& config, hsm::KeyStore& store,
+                         station::audit::Trail& trail);
+
+// The audit body of a "certificate.issued" record (no secrets: fingerprints only).
+nlohmann::json issued_body(const station::CertificateRecord& r, const std::string& superseded);
 
 // Reads a whole input file for a command; "-" is standard input.
 Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);

@@ -86,7 +86,13 @@ Status ca_batch(const Context& ctx, const BatchCli& c) {
   KL_CHECK(ctx.state().require_initialised());
   KL_TRY(station::Config config, ctx.state().load_config());
   KL_TRY(const ca::Profile* profile, station::find_profile(config, c.profile));
+  KL_TRY(o.actor, ctx.actor(config));
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
+  o.key_store = opened.key_store->uri();
+  hsm::KeyStore* store = opened.key_store.get();
+  o.on_commit = [&ctx, &config, store](station::audit::Trail& trail) {
+    return checkpoint_if_due(ctx, config, *store, trail);
+  };
 
   struct sigaction sa{};
   sa.sa_handler = on_stop_signal;

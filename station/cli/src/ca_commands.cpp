@@ -39,6 +39,19 @@ json certificate_json(const station::CertificateRecord& r) {
   return j;
 }
 
+}  // namespace
+
+json issued_body(const station::CertificateRecord& r, const std::string& superseded) {
+  json j = {{"serial", r.serial},         {"registration_id", r.registration_id}, {"profile", r.profile},
+            {"cert_sha256", r.cert_sha256}, {"pubkey_sha256", r.pubkey_sha256},     {"not_after", iso_time(r.not_after)}};
+  if (!r.device_serial.empty()) j["device_serial"] = r.device_serial;
+  if (!r.batch_id.empty()) j["batch"] = r.batch_id;
+  if (!superseded.empty()) j["supersedes"] = superseded;
+  return j;
+}
+
+namespace {
+
 // ---------------------------------------------------------------- ca init
 
 struct InitOptions {
@@ -53,6 +66,7 @@ struct InitOptions {
   std::string station_id = "station-1";
   std::string root_key = "keyline-root";
   std::string intermediate_key = "keyline-intermediate";
+  std::string audit_key = "keyline-audit";
 };
 
 // Removes what a failed `ca init` created, so a retry starts clean.
@@ -103,6 +117,8 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
   KL_TRY(X509NamePtr root_subject, parse_dn(o.root_subject));
   KL_CHECK(hsm::validate_label(o.root_key));
   KL_CHECK(hsm::validate_label(o.intermediate_key));
+  KL_CHECK(hsm::validate_label(o.audit_key));
+  KL_TRY(std::string operator_name, ctx.operator_name(true));
   if (!o.import_intermediate.empty() && o.root_pem.empty())
     return fail(Domain::usage, "--import-intermediate needs --root ROOT.pem (the root that signed it)");
   if (o.import_intermediate.empty() && !o.root_pem.empty())
@@ -148,8 +164,15 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
     rollback.track(path);
     KL_CHECK(files::write_atomic(path, text, 0644));
   }
+  rollback.track(state.audit_cert_path());
+  KL_TRY(std::string audit_id, create_audit_key(ctx, *store, o.audit_key, *inter_key, *intermediate, o.station_id));
   rollback.track(dir / "keyline.toml");
-  KL_CHECK(files::write_atomic(dir / "keyline.toml", station::default_config_toml(ca_config, o.station_id), 0600));
+  std::string config_text = station::default_config_toml(ca_config, o.station_id);
+  if (o.audit_key != "keyline-audit") {
+    auto at = config_text.find("key = \"keyline-audit\"");
+    if (at != std::string::npos) config_text.replace(at, 22, "key = \"" + o.audit_key + "\"");
+  }
+  KL_CHECK(files::write_atomic(dir / "keyline.toml", config_text, 0600));
 
   // The ledger is made under a temporary name and renamed last: its presence
   // is what marks the state dir initialised.
@@ -168,6 +191,27 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
     KL_CHECK(ledger.set_meta("root_sha256", sha256_hex(root_der)));
     KL_CHECK(ledger.set_meta("intermediate_sha256", sha256_hex(inter_der)));
     KL_CHECK(ledger.set_meta("ca_mode", o.import_intermediate.empty() ? "created" : "imported"));
+    station::audit::Trail trail(ledger, {o.station_id, operator_name}, ctx.clock());
+    KL_TRY(auto r1, trail.append("keystore.opened", {{"key_store", store->uri()},
+                                                      {"development", store->is_development()}}));
+    KL_TRY(auto r2, trail.append(o.import_intermediate.empty() ? "ca.created" : "ca.imported",
+                                 {{"root_subject", name_to_string(X509_get_subject_name(root.get()))},
+                                  {"root_sha256", sha256_hex(root_der)},
+                                  {"intermediate_subject", name_to_string(X509_get_subject_name(intermediate.get()))},
+                                  {"intermediate_sha256", sha256_hex(inter_der)},
+                                  {"intermediate_key", o.intermediate_key},
+                                  {"root_key", o.import_intermediate.empty() ? o.root_key : ""},
+                                  {"algorithm", to_string(inter_key->algorithm())}}));
+    KL_TRY(auto r3, trail.append("audit.key_created", {{"key", o.audit_key}, {"certificate_sha256", audit_id},
+                                                        {"key_store", store->uri()}}));
+    KL_TRY(auto r4, trail.append("config.written", {{"file", "keyline.toml"},
+                                                     {"sha256", sha256_hex(ByteView(
+                                                          reinterpret_cast<const unsigned char*>(config_text.data()),
+                                                          config_text.size()))}}));
+    (void)r1, (void)r2, (void)r3, (void)r4;
+    KL_TRY(auto audit_signer, store->signer(o.audit_key));
+    KL_TRY(auto cp, trail.checkpoint(*audit_signer, audit_id));
+    (void)cp;
     KL_CHECK(tx.commit());
   }
   if (::rename(tmp_ledger.c_str(), state.ledger_path().c_str()) != 0)
@@ -297,10 +341,27 @@ Status ca_issue(const Context& ctx, const IssueOptions& o) {
     if (!id) return std::unexpected(id.error().with_context("--registration-id"));
     expected = *id;
   }
+  KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(std::string csr_text, read_input(o.csr, ca::kMaxCsrBytes, "--csr"));
-  KL_TRY(X509ReqPtr csr, ca::parse_csr(csr_text, o.csr, ca::CsrEncoding::pem));
-  KL_TRY(ca::AcceptedCsr accepted, ca::check_csr(*csr, *profile, expected, o.csr));
   KL_TRY(auto ledger, ctx.state().open_ledger());
+  station::audit::Trail trail(ledger, actor, ctx.clock());
+  // A refused request is recorded (with its reason) before the refusal is reported.
+  auto record_rejection = [&](const Error& e) -> Error {
+    auto tx = ledger.begin();
+    if (!tx) return tx.error();
+    auto rec = trail.append("request.rejected", {{"source", o.csr == "-" ? "stdin" : fs::path(o.csr).filename().string()},
+                                                 {"profile", profile->name},
+                                                 {"registration_id", o.registration_id},
+                                                 {"reason", e.message()}});
+    if (!rec) return rec.error();
+    if (auto c = tx->commit(); !c) return c.error();
+    return e;
+  };
+  auto csr = ca::parse_csr(csr_text, o.csr, ca::CsrEncoding::pem);
+  if (!csr) return std::unexpected(record_rejection(csr.error()));
+  auto checked = ca::check_csr(**csr, *profile, expected, o.csr);
+  if (!checked) return std::unexpected(record_rejection(checked.error()));
+  ca::AcceptedCsr accepted = std::move(*checked);
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
 
   // Refuse early (before signing) when the ledger would refuse anyway.
@@ -335,9 +396,16 @@ Status ca_issue(const Context& ctx, const IssueOptions& o) {
   record.not_after = seconds(cert.not_after);
   record.issued_at = seconds(ctx.clock().now());
   record.der = cert.der;
+  record.operator_name = actor.operator_name;
+  record.device_serial = o.device_serial;
   {
     KL_TRY(auto tx, ledger.begin());
+    KL_TRY(auto superseded, ledger.active_ref(record.registration_id, record.profile));
     KL_CHECK(ledger.insert_certificate(record, o.reissue));
+    KL_TRY(auto r1, trail.append("keystore.opened", {{"key_store", opened.key_store->uri()}}));
+    KL_TRY(auto r2, trail.append("certificate.issued", issued_body(record, superseded ? superseded->serial : "")));
+    (void)r1, (void)r2;
+    KL_CHECK(checkpoint_if_due(ctx, config, *opened.key_store, trail));
     KL_CHECK(tx.commit());
   }
   log::get("ca")->info("issued {} for {} (profile {})", cert.serial_hex, cert.registration_id, profile->name);
@@ -374,11 +442,19 @@ Status ca_revoke(const Context& ctx, const std::string& serial_text, const std::
   std::string serial = normalise_serial(serial_text);
   if (serial.empty() || !from_hex(serial.size() % 2 ? "0" + serial : serial))
     return fail(Domain::input, "--serial '" + serial_text + "' is not a hexadecimal serial number");
+  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   std::int64_t now = seconds(ctx.clock().now());
   {
     KL_TRY(auto tx, ledger.begin());
     KL_CHECK(ledger.revoke(serial, std::string(to_string(reason)), now));
+    KL_TRY(auto cert, ledger.certificate(serial));
+    station::audit::Trail trail(ledger, actor, ctx.clock());
+    KL_TRY(auto rec, trail.append("certificate.revoked", {{"serial", serial},
+                                                          {"registration_id", cert ? cert->registration_id : ""},
+                                                          {"reason", to_string(reason)}}));
+    (void)rec;
     KL_CHECK(tx.commit());
   }
   log::get("ca")->info("revoked {} ({})", serial, to_string(reason));
@@ -392,8 +468,10 @@ Status ca_revoke(const Context& ctx, const std::string& serial_text, const std::
 Status ca_crl(const Context& ctx, const std::string& out, int days) {
   if (days < 1 || days > 366) return fail(Domain::usage, "--days must be 1 to 366");
   KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
+  station::audit::Trail trail(ledger, actor, ctx.clock());
   KL_TRY(auto tx, ledger.begin());
   KL_TRY(auto revoked, ledger.revoked());
   KL_TRY(std::uint64_t number, ledger.next_crl_number());
@@ -417,6 +495,12 @@ Status ca_crl(const Context& ctx, const std::string& out, int days) {
     pending.emplace(std::move(file));
   }
   KL_CHECK(ledger.insert_crl({number, now, now + std::int64_t(days) * 86400, der}));
+  KL_TRY(auto r1, trail.append("keystore.opened", {{"key_store", opened.key_store->uri()}}));
+  KL_TRY(auto r2, trail.append("crl.issued", {{"crl_number", number}, {"revoked", entries.size()},
+                                              {"next_update", iso_time(now + std::int64_t(days) * 86400)},
+                                              {"sha256", sha256_hex(der)}}));
+  (void)r1, (void)r2;
+  KL_CHECK(checkpoint_if_due(ctx, config, *opened.key_store, trail));
   KL_CHECK(tx.commit());
   if (pending) {
     KL_CHECK(pending->publish());
@@ -434,9 +518,20 @@ Status ca_crl(const Context& ctx, const std::string& out, int days) {
 
 Status ca_verification_cert(const Context& ctx, const std::string& code, const std::string& out) {
   KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(auto actor, ctx.actor(config));
+  KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
   KL_TRY(X509Ptr cert, opened.authority->verification_certificate(code));
   std::string pem = to_pem(cert.get());
+  KL_TRY(Bytes der, to_der(cert.get()));
+  {
+    station::audit::Trail trail(ledger, actor, ctx.clock());
+    KL_TRY(auto tx, ledger.begin());
+    KL_TRY(auto r1, trail.append("keystore.opened", {{"key_store", opened.key_store->uri()}}));
+    KL_TRY(auto r2, trail.append("verification_certificate.issued", {{"code", code}, {"sha256", sha256_hex(der)}}));
+    (void)r1, (void)r2;
+    KL_CHECK(tx.commit());
+  }
   KL_CHECK(write_output(out, pem));
   if (!out.empty() && out != "-") {
     json doc = {{"code", code}, {"out", out}};
@@ -472,6 +567,7 @@ void add_ca_commands(CLI::App& app, Handler& run) {
   init->add_option("--station-id", init_o->station_id, "Station identifier recorded in the ledger")->capture_default_str();
   init->add_option("--root-key", init_o->root_key, "Label of the root key in the key store")->capture_default_str();
   init->add_option("--intermediate-key", init_o->intermediate_key, "Label of the intermediate key")->capture_default_str();
+  init->add_option("--audit-key", init_o->audit_key, "Label of the audit signing key")->capture_default_str();
   init->callback([&run, init_o] { run = [init_o](const Context& c) { return ca_init(c, *init_o); }; });
 
   auto req_o = std::make_shared<RequestOptions>();

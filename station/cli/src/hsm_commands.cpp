@@ -72,6 +72,15 @@ Status hsm_test(const Context& ctx, const std::string& uri, const std::string& l
 Status hsm_secret(const Context& ctx, const std::string& uri, const std::string& label, bool generate,
                   const std::string& from) {
   KL_TRY(auto store, open_store(ctx, uri));
+  // A station's secrets are on its audit trail; the operator and the ledger
+  // are checked before the key store changes.
+  std::optional<station::Ledger> ledger;
+  std::optional<station::audit::Actor> actor;
+  if (ctx.state().initialised()) {
+    KL_TRY(station::Config config, ctx.state().load_config());
+    KL_TRY(actor, ctx.actor(config));
+    KL_TRY(ledger, ctx.state().open_ledger());
+  }
   if (generate) {
     KL_CHECK(store->generate_secret(label));
   } else {
@@ -82,6 +91,14 @@ Status hsm_secret(const Context& ctx, const std::string& uri, const std::string&
       return fail(Domain::input, "--from: the group key must be base64 (as the DPS portal and 'az iot dps' show it)");
     SecretBytes key(std::move(*raw));
     KL_CHECK(store->import_secret(label, key));
+  }
+  if (ledger) {
+    station::audit::Trail trail(*ledger, *actor, ctx.clock());
+    KL_TRY(auto tx, ledger->begin());
+    KL_TRY(auto rec, trail.append("secret.created", {{"label", label}, {"key_store", store->uri()},
+                                                     {"origin", generate ? "generated" : "imported"}}));
+    (void)rec;
+    KL_CHECK(tx.commit());
   }
   log::get("hsm")->info("{} secret '{}' in {}", generate ? "generated" : "imported", label, store->uri());
   nlohmann::json doc = {{"label", label}, {"key_store", store->uri()}, {generate ? "generated" : "imported", true}};

@@ -14,7 +14,7 @@ namespace keyline::cli {
 Context::Context(const Globals& g, const Clock& clock, Rng& rng)
     : state_(std::filesystem::absolute(g.state_dir), g.config_file.empty() ? std::nullopt
                                                 : std::optional<station::fs::path>(g.config_file)),
-      clock_(clock), rng_(rng), json_(g.json) {}
+      clock_(clock), rng_(rng), json_(g.json), operator_flag_(g.operator_name) {}
 
 void Context::print(const nlohmann::json& doc, const std::function<void(std::ostream&)>& text) const {
   if (json_) std::cout << doc.dump(2) << "\n";
@@ -73,10 +73,14 @@ int main(int argc, char** argv) {
   app.add_option("--log-format", g.log_format, "Log format on stderr")
       ->check(CLI::IsMember({"text", "json"}));
   app.add_flag("--json", g.json, "Print one JSON document on stdout");
+  app.add_option("--operator", g.operator_name,
+                 "Who runs this command, recorded in the audit trail (default: $KEYLINE_OPERATOR, "
+                 "else [audit] operator in keyline.toml)");
   app.footer(
       "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 refused by policy,\n"
       "5 state/ledger/file-system problem, 6 key store problem, 7 partially done (batch:\n"
-      "some inputs rejected), 8 interrupted (batch: run the same command again).\n"
+      "some inputs rejected), 8 interrupted (batch: run the same command again),\n"
+      "9 audit verification failed (a record or signature does not verify).\n"
       "Run 'keyline COMMAND --help' for a command's options.");
 
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
@@ -86,6 +90,7 @@ int main(int argc, char** argv) {
   cli::add_ca_commands(app, run);
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
+  cli::add_audit_commands(app, run);
 
   try {
     app.parse(argc, argv);

@@ -64,6 +64,36 @@ constexpr const char* kMigrations[] = {
     ALTER TABLE certificates ADD COLUMN batch_id TEXT REFERENCES batches (id);
     CREATE INDEX certificates_by_batch ON certificates (batch_id, id) WHERE batch_id IS NOT NULL;
     )sql",
+    // 4: the audit trail (station/audit): hash-chained records, append-only
+    // at the SQL level too; signed checkpoints of the chain's head; who
+    // issued each certificate, and for which device serial number.
+    R"sql(
+    CREATE TABLE audit_events (
+      seq INTEGER PRIMARY KEY,
+      time TEXT NOT NULL,
+      station TEXT NOT NULL,
+      operator TEXT NOT NULL,
+      type TEXT NOT NULL,
+      body TEXT NOT NULL,
+      hash TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_events_by_time ON audit_events (time);
+    CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+      BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TABLE audit_checkpoints (
+      id INTEGER PRIMARY KEY,
+      seq INTEGER NOT NULL,
+      hash TEXT NOT NULL,
+      time TEXT NOT NULL,
+      key TEXT NOT NULL,
+      signature BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq);
+    ALTER TABLE certificates ADD COLUMN operator TEXT;
+    ALTER TABLE certificates ADD COLUMN device_serial TEXT;
+    )sql",
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
@@ -79,7 +109,8 @@ std::string column_text(sqlite3_stmt* s, int i) {
 
 constexpr const char* kCertColumns =
     "serial, registration_id, profile, subject, cert_sha256, pubkey_sha256, not_before, "
-    "not_after, status, issued_at, revoked_at, revocation_reason, superseded_by, batch_id";
+    "not_after, status, issued_at, revoked_at, revocation_reason, superseded_by, batch_id, operator, "
+    "device_serial";
 
 CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
   CertificateRecord r;
@@ -97,9 +128,11 @@ CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
   r.revocation_reason = column_text(s, 11);
   r.superseded_by = column_text(s, 12);
   r.batch_id = column_text(s, 13);
+  r.operator_name = column_text(s, 14);
+  r.device_serial = column_text(s, 15);
   if (with_der) {
-    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 14));
-    r.der.assign(p, p + sqlite3_column_bytes(s, 14));
+    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 16));
+    r.der.assign(p, p + sqlite3_column_bytes(s, 16));
   }
   return r;
 }
@@ -311,15 +344,16 @@ Status Ledger::insert_certificate(const CertificateRecord& r, bool supersede) {
   static constexpr const char* kInsert =
       "INSERT INTO certificates (serial, registration_id, profile, subject, "
       "cert_sha256, pubkey_sha256, not_before, not_after, status, issued_at, "
-      "revoked_at, revocation_reason, superseded_by, batch_id, der) "
-      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+      "revoked_at, revocation_reason, superseded_by, batch_id, operator, device_serial, der) "
+      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
   KL_TRY(sqlite3_stmt * s, cached(kInsert));
   Binder b{s};
   b.text(r.serial).text(r.registration_id).text(r.profile).text(r.subject).text(r.cert_sha256)
       .text(r.pubkey_sha256).int64(r.not_before).int64(r.not_after).text(r.status).int64(r.issued_at);
   if (r.revoked_at) b.int64(*r.revoked_at);
   else sqlite3_bind_null(s, b.i++);
-  b.opt_text(r.revocation_reason).opt_text(r.superseded_by).opt_text(r.batch_id).blob(r.der);
+  b.opt_text(r.revocation_reason).opt_text(r.superseded_by).opt_text(r.batch_id)
+      .opt_text(r.operator_name).opt_text(r.device_serial).blob(r.der);
   int rc = sqlite3_step(s);
   sqlite3_reset(s);
   if (rc == SQLITE_DONE) return {};

@@ -7,6 +7,41 @@
 
 namespace keyline::station {
 
+namespace {
+
+Status parse_audit(const toml::table& t, std::string_view source, AuditConfig& a) {
+  const toml::table* audit = t["audit"].as_table();
+  if (!audit) return {};
+  std::string where = std::string(source) + ": [audit] ";
+  for (auto&& [k, v] : *audit) {
+    std::string_view key = k.str();
+    if (key == "operator") {
+      auto s = v.value<std::string>();
+      if (!s || s->empty()) return fail(Domain::input, where + "operator must be a non-empty string");
+      a.operator_name = *s;
+    } else if (key == "require_operator") {
+      auto b = v.value<bool>();
+      if (!b) return fail(Domain::input, where + "require_operator must be true or false");
+      a.require_operator = *b;
+    } else if (key == "checkpoint_interval") {
+      auto n = v.value<std::int64_t>();
+      if (!n || *n < 0 || *n > 100000000)
+        return fail(Domain::input, where + "checkpoint_interval must be a record count from 0 to 100000000");
+      a.checkpoint_interval = *n;
+    } else if (key == "key") {
+      auto s = v.value<std::string>();
+      if (!s || s->empty()) return fail(Domain::input, where + "key must be a non-empty key label");
+      a.key = *s;
+    } else {
+      return fail(Domain::input, where + "unknown key '" + std::string(key) +
+                                     "' (known: operator, require_operator, checkpoint_interval, key)");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<Config> parse_config(std::string_view text, std::string_view source) {
   toml::parse_result parsed = toml::parse(text, source);
   if (!parsed) {
@@ -19,7 +54,7 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
     std::string_view key = k.str();
     if (key != "station" && key != "ca" && key != "profiles" && key != "dps" && key != "audit")
       return fail(Domain::input, std::string(source) + ": unknown table [" + std::string(key) +
-                                     "] (known: station, ca, profiles)");
+                                     "] (known: station, ca, profiles, dps, audit)");
   }
   Config c;
   c.source = fs::path(source);
@@ -40,6 +75,7 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
   KL_CHECK(str("key_store", c.ca.key_store));
   KL_CHECK(str("root_key", c.ca.root_key));
   KL_CHECK(str("intermediate_key", c.ca.intermediate_key));
+  KL_CHECK(parse_audit(t, source, c.audit));
   KL_TRY(c.profiles, ca::parse_profiles(text, source));
   return c;
 }
@@ -54,6 +90,14 @@ std::string default_config_toml(const CaConfig& ca, const std::string& station_i
          "key_store = \"" + ca.key_store + "\"\n"
          "root_key = \"" + ca.root_key + "\"\n"
          "intermediate_key = \"" + ca.intermediate_key + "\"\n\n"
+         "[audit]\n"
+         "# Every state-changing command records who ran it: --operator NAME,\n"
+         "# KEYLINE_OPERATOR, or this default.\n"
+         "# operator = \"line-1-shift-a\"\n"
+         "require_operator = true\n"
+         "# A signed checkpoint of the audit trail after this many records (and at every export).\n"
+         "checkpoint_interval = 1000\n"
+         "key = \"keyline-audit\"\n\n"
          "# Leaf certificate profiles; 'device' is the default (--profile NAME).\n"
          "[profiles.device]\n"
          "validity_days = 365\n"

@@ -24,6 +24,13 @@ Result<X509Ptr> make_intermediate(const hsm::Signer& root_key, const X509& root,
                                   ByteView intermediate_public_key, const X509_NAME& subject,
                                   int days, const Clock& clock, Rng& rng);
 
+// A station's own signing certificate (the audit key): basicConstraints
+// critical CA:FALSE; keyUsage critical digitalSignature, nonRepudiation; SKI;
+// AKI; notAfter clamped to the issuer's.
+Result<X509Ptr> make_signing_certificate(const hsm::Signer& issuer_key, const X509& issuer,
+                                         ByteView public_key, const X509_NAME& subject, int days,
+                                         const Clock& clock, Rng& rng);
+
 // PKCS#10 request for `key` with `subject`, asking for the CA extensions above.
 Result<X509ReqPtr> make_request(const hsm::Signer& key, const X509_NAME& subject);
 

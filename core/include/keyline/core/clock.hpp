@@ -4,7 +4,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 
 namespace keyline {
 
@@ -50,5 +53,7 @@ class SystemRng final : public Rng {
 
 // "2026-11-26T05:00:00Z"
 std::string format_utc(TimePoint t);
+// Parses "YYYY-MM-DDTHH:MM:SSZ"; nullopt when malformed.
+std::optional<TimePoint> parse_utc(std::string_view text);
 
 }  // namespace keyline

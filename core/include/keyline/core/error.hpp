@@ -24,6 +24,7 @@ enum class Domain : std::uint8_t {
   openssl,   // OpenSSL failure that is not the user's input
   sqlite,    // SQLite failure that is not a state problem
   io,        // file system
+  integrity, // a record or signature that should verify does not (audit trail)
 };
 
 std::string_view to_string(Domain d) noexcept;
@@ -65,6 +66,7 @@ enum class ExitCode : int {
   keystore = 6,
   partial = 7,      // batch finished with some items rejected
   interrupted = 8,  // stopped by a signal; re-run the same command to finish
+  tampered = 9,     // audit verification failed: a record or signature does not verify
 };
 
 ExitCode exit_code_for(const Error& e) noexcept;

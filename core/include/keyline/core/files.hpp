@@ -34,10 +34,34 @@ class PendingFile {
   const fs::path& target() const { return target_; }
 
  private:
+  friend class StreamingFile;
   PendingFile(fs::path tmp, fs::path target) : tmp_(std::move(tmp)), target_(std::move(target)) {}
   fs::path tmp_;
   fs::path target_;
   bool done_ = false;
+};
+
+// A large output written in pieces (buffered) to a temp file beside `path`;
+// finish() flushes and fsyncs it and hands over a PendingFile to publish.
+// Memory stays at the buffer size whatever the file size.
+class StreamingFile {
+ public:
+  static Result<StreamingFile> open(const fs::path& path, unsigned mode);
+  StreamingFile(StreamingFile&&) noexcept;
+  StreamingFile& operator=(StreamingFile&&) = delete;
+  StreamingFile(const StreamingFile&) = delete;
+  ~StreamingFile();  // removes the temp file unless finished
+
+  Status write(std::string_view data);
+  Result<PendingFile> finish();
+
+ private:
+  StreamingFile(int fd, fs::path tmp, fs::path target) : fd_(fd), tmp_(std::move(tmp)), target_(std::move(target)) {}
+  Status flush();
+  int fd_ = -1;
+  fs::path tmp_;
+  fs::path target_;
+  std::string buffer_;
 };
 
 // Creates `dir` (and parents) if missing; sets `mode` on the last component when created.

@@ -26,6 +26,7 @@
 #include "keyline/ca/authority.hpp"
 #include "keyline/ca/profile.hpp"
 #include "keyline/core/clock.hpp"
+#include "keyline/station/audit.hpp"
 #include "keyline/station/ledger.hpp"
 
 namespace keyline::station::batch {
@@ -49,6 +50,12 @@ struct Options {
   hsm::Algorithm key_algorithm = hsm::Algorithm::ec_p256;
   std::size_t group_rows = 1000;               // ledger rows per commit at most
   std::chrono::milliseconds group_interval{100};  // ... or this long
+  // The audit trail: every issued certificate and rejected input is recorded
+  // in the same transaction as its ledger row; `on_commit` runs inside each
+  // group transaction (e.g. a signed checkpoint when one is due).
+  audit::Actor actor;
+  std::string key_store;  // URI, recorded as "keystore.opened"
+  std::function<Status(audit::Trail&)> on_commit;
 };
 
 struct Progress {

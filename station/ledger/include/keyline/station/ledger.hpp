@@ -43,6 +43,8 @@ struct CertificateRecord {
   std::string revocation_reason;
   std::string superseded_by;
   std::string batch_id;  // set for certificates issued by `ca batch`
+  std::string operator_name;  // who issued it (audit operator)
+  std::string device_serial;  // the device's serial number, when known
   Bytes der;
 };
 
@@ -75,7 +77,7 @@ struct CrlRecord {
 
 class Ledger {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Creates a new ledger file (refuses an existing one) at the current schema.
   static Result<Ledger> create(const std::filesystem::path& path);

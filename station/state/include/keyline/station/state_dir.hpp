@@ -6,6 +6,7 @@
 //   STATE/root.pem           the root CA certificate
 //   STATE/intermediate.pem   the issuing (intermediate) CA certificate
 //   STATE/chain.pem          intermediate then root
+//   STATE/audit.pem          the audit key's certificate (signed by the intermediate)
 //   STATE/keys/              the development file: key store, when used
 //
 // open_authority() wires config + key store + certificates into a
@@ -34,9 +35,18 @@ struct CaConfig {
   std::string intermediate_key = "keyline-intermediate";
 };
 
+// [audit]: who acts, and how the trail is signed.
+struct AuditConfig {
+  std::string operator_name;     // default operator when --operator / KEYLINE_OPERATOR are absent
+  bool require_operator = true;  // state-changing commands refuse to run without one
+  std::int64_t checkpoint_interval = 1000;  // records between signed checkpoints (0: only at export)
+  std::string key = "keyline-audit";        // label of the audit signing key in the CA key store
+};
+
 struct Config {
   std::string station_id = "station-1";
   CaConfig ca;
+  AuditConfig audit;
   std::map<std::string, ca::Profile> profiles;
   fs::path source;  // where it was read from
 };
@@ -58,6 +68,7 @@ class StateDir {
   fs::path root_cert_path() const { return root_ / "root.pem"; }
   fs::path intermediate_cert_path() const { return root_ / "intermediate.pem"; }
   fs::path chain_path() const { return root_ / "chain.pem"; }
+  fs::path audit_cert_path() const { return root_ / "audit.pem"; }
 
   bool initialised() const;
   // A state error naming `keyline ca init` when the dir is not initialised.

@@ -1,0 +1,308 @@
+#include <sqlite3.h>
+
+#include <cstring>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "format.hpp"
+#include "keyline/core/hex.hpp"
+#include "keyline/core/openssl.hpp"
+#include "keyline/station/audit.hpp"
+
+namespace keyline::station::audit {
+
+namespace {
+
+std::string json_string(std::string_view s) {
+  return nlohmann::json(std::string(s)).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+}
+
+std::string column_text(sqlite3_stmt* s, int i) {
+  auto* p = sqlite3_column_text(s, i);
+  return p ? std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)))
+           : std::string();
+}
+
+Record read_record(sqlite3_stmt* s) {
+  Record r;
+  r.seq = sqlite3_column_int64(s, 0);
+  r.time = column_text(s, 1);
+  r.station = column_text(s, 2);
+  r.operator_name = column_text(s, 3);
+  r.type = column_text(s, 4);
+  r.body = column_text(s, 5);
+  r.hash = column_text(s, 6);
+  return r;
+}
+
+struct Stmt {
+  sqlite3_stmt* s = nullptr;
+  ~Stmt() { sqlite3_finalize(s); }
+};
+
+Error db_error(Ledger& ledger, const std::string& what) {
+  return Error(Domain::state, what + " in ledger " + ledger.path().string() + ": " + sqlite3_errmsg(ledger.handle()),
+               sqlite3_extended_errcode(ledger.handle()));
+}
+
+Status prepare(Ledger& ledger, const char* sql, Stmt& st) {
+  if (sqlite3_prepare_v2(ledger.handle(), sql, -1, &st.s, nullptr) != SQLITE_OK)
+    return std::unexpected(db_error(ledger, "reading the audit trail (is the ledger at schema 4 or later?)"));
+  return {};
+}
+
+constexpr const char* kRecordColumns = "seq, time, station, operator, type, body, hash";
+
+}  // namespace
+
+std::string canonical_body(const nlohmann::json& body) {
+  return body.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+}
+
+std::string canonical_record(const Record& r) {
+  std::string out;
+  out.reserve(96 + r.time.size() + r.station.size() + r.operator_name.size() + r.type.size() + r.body.size());
+  out += "{\"seq\":";
+  out += std::to_string(r.seq);
+  out += ",\"time\":";
+  out += json_string(r.time);
+  out += ",\"station\":";
+  out += json_string(r.station);
+  out += ",\"operator\":";
+  out += json_string(r.operator_name);
+  out += ",\"type\":";
+  out += json_string(r.type);
+  out += ",\"body\":";
+  out += r.body;
+  out += '}';
+  return out;
+}
+
+std::string chain_hash(std::string_view prev_hash_hex, std::string_view canonical) {
+  unsigned char prev[32] = {};
+  if (auto raw = from_hex(prev_hash_hex); raw && raw->size() == 32) std::memcpy(prev, raw->data(), 32);
+  unsigned char md[32];
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  EVP_DigestUpdate(ctx, prev, sizeof prev);
+  EVP_DigestUpdate(ctx, canonical.data(), canonical.size());
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(ctx, md, &n);
+  EVP_MD_CTX_free(ctx);
+  return lower(to_hex(std::span<const unsigned char>(md, 32)));
+}
+
+std::string checkpoint_message(std::string_view station, std::int64_t seq, std::string_view hash,
+                               std::string_view time) {
+  std::string m = "keyline-audit-checkpoint-v1\n";
+  m.append(station).append("\n").append(std::to_string(seq)).append("\n");
+  m.append(hash).append("\n").append(time).append("\n");
+  return m;
+}
+
+Trail::Trail(Ledger& ledger, Actor actor, const Clock& clock)
+    : ledger_(ledger), actor_(std::move(actor)), clock_(clock) {}
+
+Trail::~Trail() {
+  sqlite3_finalize(head_);
+  sqlite3_finalize(insert_);
+}
+
+Result<std::pair<std::int64_t, std::string>> Trail::head() {
+  if (!head_ && sqlite3_prepare_v2(ledger_.handle(), "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                                   -1, &head_, nullptr) != SQLITE_OK)
+    return std::unexpected(db_error(ledger_, "reading the audit trail's head"));
+  int rc = sqlite3_step(head_);
+  std::pair<std::int64_t, std::string> h{0, std::string(kGenesisHash)};
+  if (rc == SQLITE_ROW) {
+    h.first = sqlite3_column_int64(head_, 0);
+    h.second = column_text(head_, 1);
+  } else if (rc != SQLITE_DONE) {
+    sqlite3_reset(head_);
+    return std::unexpected(db_error(ledger_, "reading the audit trail's head"));
+  }
+  sqlite3_reset(head_);
+  return h;
+}
+
+Result<Record> Trail::append(std::string_view type, const nlohmann::json& body) {
+  if (sqlite3_get_autocommit(ledger_.handle()))
+    return fail(Domain::internal, "audit record '" + std::string(type) + "' appended outside a transaction");
+  KL_TRY(auto h, head());
+  Record r;
+  r.seq = h.first + 1;
+  r.time = format_utc(clock_.now());
+  r.station = actor_.station;
+  r.operator_name = actor_.operator_name;
+  r.type = std::string(type);
+  r.body = canonical_body(body.is_null() ? nlohmann::json::object() : body);
+  r.hash = chain_hash(h.second, canonical_record(r));
+  if (!insert_ &&
+      sqlite3_prepare_v2(ledger_.handle(),
+                         "INSERT INTO audit_events (seq, time, station, operator, type, body, hash) "
+                         "VALUES (?,?,?,?,?,?,?)",
+                         -1, &insert_, nullptr) != SQLITE_OK)
+    return std::unexpected(db_error(ledger_, "writing an audit record"));
+  sqlite3_bind_int64(insert_, 1, r.seq);
+  sqlite3_bind_text(insert_, 2, r.time.data(), static_cast<int>(r.time.size()), SQLITE_STATIC);
+  sqlite3_bind_text(insert_, 3, r.station.data(), static_cast<int>(r.station.size()), SQLITE_STATIC);
+  sqlite3_bind_text(insert_, 4, r.operator_name.data(), static_cast<int>(r.operator_name.size()), SQLITE_STATIC);
+  sqlite3_bind_text(insert_, 5, r.type.data(), static_cast<int>(r.type.size()), SQLITE_STATIC);
+  sqlite3_bind_text(insert_, 6, r.body.data(), static_cast<int>(r.body.size()), SQLITE_STATIC);
+  sqlite3_bind_text(insert_, 7, r.hash.data(), static_cast<int>(r.hash.size()), SQLITE_STATIC);
+  int rc = sqlite3_step(insert_);
+  sqlite3_reset(insert_);
+  sqlite3_clear_bindings(insert_);
+  if (rc != SQLITE_DONE)
+    return std::unexpected(db_error(ledger_, "writing audit record '" + r.type +
+                                                 "' (the change it records was not made)"));
+  return r;
+}
+
+Result<std::optional<Checkpoint>> Trail::checkpoint(const hsm::Signer& key, const std::string& key_id,
+                                                    std::optional<std::int64_t> seq) {
+  if (!seq) {
+    KL_TRY(auto h, head());
+    if (h.first == 0) return std::optional<Checkpoint>{};
+    seq = h.first;
+  }
+  KL_TRY(auto rec, record_at(ledger_, *seq));
+  if (!rec) return fail(Domain::internal, "no audit record " + std::to_string(*seq) + " to checkpoint");
+  Checkpoint cp;
+  cp.seq = rec->seq;
+  cp.hash = rec->hash;
+  cp.time = format_utc(clock_.now());
+  cp.key = key_id;
+  std::string message = checkpoint_message(rec->station, cp.seq, cp.hash, cp.time);
+  hsm::Digest d = hsm::digest_for(key.algorithm());
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(message.data(), message.size(), md, &n, hsm::evp_md(d), nullptr);
+  KL_TRY(cp.signature, key.sign(ByteView(md, n)));
+  Stmt st;
+  KL_CHECK(prepare(ledger_, "INSERT INTO audit_checkpoints (seq, hash, time, key, signature) VALUES (?,?,?,?,?)", st));
+  sqlite3_bind_int64(st.s, 1, cp.seq);
+  sqlite3_bind_text(st.s, 2, cp.hash.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st.s, 3, cp.time.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st.s, 4, cp.key.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st.s, 5, cp.signature.data(), static_cast<int>(cp.signature.size()), SQLITE_STATIC);
+  if (sqlite3_step(st.s) != SQLITE_DONE) return std::unexpected(db_error(ledger_, "storing an audit checkpoint"));
+  return std::optional<Checkpoint>(std::move(cp));
+}
+
+Status Trail::checkpoint_if_due(const hsm::Signer& key, const std::string& key_id, std::int64_t interval) {
+  if (interval <= 0) return {};
+  KL_TRY(auto h, head());
+  Stmt st;
+  KL_CHECK(prepare(ledger_, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", st));
+  std::int64_t last = sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int64(st.s, 0) : 0;
+  if (h.first - last < interval) return {};
+  KL_TRY(auto cp, checkpoint(key, key_id));
+  (void)cp;
+  return {};
+}
+
+Result<std::optional<Record>> record_at(Ledger& ledger, std::int64_t seq) {
+  Stmt st;
+  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq=?";
+  KL_CHECK(prepare(ledger, sql.c_str(), st));
+  sqlite3_bind_int64(st.s, 1, seq);
+  int rc = sqlite3_step(st.s);
+  if (rc == SQLITE_ROW) return std::optional<Record>(read_record(st.s));
+  if (rc == SQLITE_DONE) return std::optional<Record>{};
+  return std::unexpected(db_error(ledger, "reading audit record " + std::to_string(seq)));
+}
+
+Result<std::int64_t> head_seq(Ledger& ledger) {
+  Stmt st;
+  KL_CHECK(prepare(ledger, "SELECT COALESCE(MAX(seq), 0) FROM audit_events", st));
+  if (sqlite3_step(st.s) != SQLITE_ROW) return std::unexpected(db_error(ledger, "reading the audit trail's head"));
+  return sqlite3_column_int64(st.s, 0);
+}
+
+Status for_each_record(Ledger& ledger, std::int64_t first, std::int64_t last,
+                       const std::function<Status(const Record&)>& fn) {
+  Stmt st;
+  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq BETWEEN ? AND ? ORDER BY seq";
+  KL_CHECK(prepare(ledger, sql.c_str(), st));
+  sqlite3_bind_int64(st.s, 1, first);
+  sqlite3_bind_int64(st.s, 2, last);
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) KL_CHECK(fn(read_record(st.s)));
+  if (rc != SQLITE_DONE) return std::unexpected(db_error(ledger, "reading the audit trail"));
+  return {};
+}
+
+Result<std::vector<Checkpoint>> checkpoints(Ledger& ledger, std::int64_t first, std::int64_t last) {
+  Stmt st;
+  KL_CHECK(prepare(ledger,
+                   "SELECT seq, hash, time, key, signature FROM audit_checkpoints WHERE seq BETWEEN ? AND ? "
+                   "ORDER BY seq, id",
+                   st));
+  sqlite3_bind_int64(st.s, 1, first);
+  sqlite3_bind_int64(st.s, 2, last);
+  std::vector<Checkpoint> out;
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    Checkpoint c;
+    c.seq = sqlite3_column_int64(st.s, 0);
+    c.hash = column_text(st.s, 1);
+    c.time = column_text(st.s, 2);
+    c.key = column_text(st.s, 3);
+    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(st.s, 4));
+    c.signature.assign(p, p + sqlite3_column_bytes(st.s, 4));
+    out.push_back(std::move(c));
+  }
+  if (rc != SQLITE_DONE) return std::unexpected(db_error(ledger, "reading audit checkpoints"));
+  return out;
+}
+
+Result<std::int64_t> resolve_bound(Ledger& ledger, const std::string& text, bool is_until, const char* what) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    if (text.size() > 18) return fail(Domain::usage, std::string(what) + " " + text + " is too large");
+    return std::stoll(text);
+  }
+  // YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ; compared as text with the stored times.
+  std::string t = text;
+  bool date_only = t.size() == 10;
+  bool ok = (date_only || (t.size() == 20 && t[10] == 'T' && t[13] == ':' && t[16] == ':' && t[19] == 'Z')) &&
+            t[4] == '-' && t[7] == '-';
+  for (std::size_t i = 0; ok && i < t.size(); ++i)
+    if (i != 4 && i != 7 && i != 10 && i != 13 && i != 16 && i != 19 && !std::isdigit(static_cast<unsigned char>(t[i])))
+      ok = false;
+  if (!ok)
+    return fail(Domain::usage, std::string(what) + " '" + text +
+                                   "' is neither a sequence number nor a UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)");
+  if (date_only) t += is_until ? "T23:59:59Z" : "T00:00:00Z";
+  Stmt st;
+  KL_CHECK(prepare(ledger, is_until ? "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time <= ?"
+                                    : "SELECT COALESCE(MIN(seq), 0) FROM audit_events WHERE time >= ?",
+                   st));
+  sqlite3_bind_text(st.s, 1, t.c_str(), -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(st.s) != SQLITE_ROW) return std::unexpected(db_error(ledger, "resolving " + std::string(what)));
+  std::int64_t seq = sqlite3_column_int64(st.s, 0);
+  if (seq == 0 && !is_until) {
+    KL_TRY(std::int64_t head, head_seq(ledger));
+    return head + 1;  // nothing at or after that time: an empty range
+  }
+  return seq;
+}
+
+Status verify_signature(const std::string& cert_pem, ByteView message, ByteView signature) {
+  KL_TRY(X509Ptr cert, x509_from_pem(cert_pem, "audit certificate"));
+  EVP_PKEY* key = X509_get0_pubkey(cert.get());
+  if (!key) return fail(Domain::integrity, "the audit certificate has no usable public key");
+  const EVP_MD* md = EVP_sha256();
+  if (EVP_PKEY_get_base_id(key) == EVP_PKEY_EC && EVP_PKEY_get_bits(key) == 384) md = EVP_sha384();
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  int ok = EVP_DigestVerifyInit(ctx, nullptr, md, nullptr, key) == 1 &&
+           EVP_DigestVerify(ctx, signature.data(), signature.size(), message.data(), message.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  ERR_clear_error();
+  if (!ok) return fail(Domain::integrity, "signature does not verify with the audit key");
+  return {};
+}
+
+}  // namespace keyline::station::audit

@@ -1,0 +1,102 @@
+// Who acts (operator), and the audit key every command that signs uses.
+
+#include <cstdlib>
+
+#include "app.hpp"
+#include "keyline/ca/ceremony.hpp"
+#include "keyline/core/files.hpp"
+#include "keyline/core/log.hpp"
+
+namespace keyline::cli {
+
+namespace {
+
+Status check_operator(const std::string& name, const char* source) {
+  if (name.size() > 128) return fail(Domain::usage, std::string(source) + ": the operator name is longer than 128 characters");
+  for (unsigned char c : name)
+    if (c < 0x20 || c == 0x7f)
+      return fail(Domain::usage, std::string(source) + ": the operator name contains a control character");
+  return {};
+}
+
+}  // namespace
+
+Result<std::string> Context::operator_name(bool required) const {
+  if (!operator_flag_.empty()) {
+    KL_CHECK(check_operator(operator_flag_, "--operator"));
+    return operator_flag_;
+  }
+  const char* env = std::getenv("KEYLINE_OPERATOR");
+  if (env && *env) {
+    KL_CHECK(check_operator(env, "KEYLINE_OPERATOR"));
+    return std::string(env);
+  }
+  if (required)
+    return fail(Domain::usage,
+                "this command changes the station's state and must name its operator for the audit trail: "
+                "give --operator NAME, set KEYLINE_OPERATOR, or set [audit] operator in keyline.toml");
+  return std::string();
+}
+
+Result<station::audit::Actor> Context::actor(const station::Config& config) const {
+  KL_TRY(std::string name, operator_name(false));
+  if (name.empty()) name = config.audit.operator_name;
+  if (name.empty()) {
+    if (config.audit.require_operator) {
+      auto refused = operator_name(true);
+      return std::unexpected(refused.error());
+    }
+    name = "unnamed";
+  }
+  KL_CHECK(check_operator(name, "[audit] operator"));
+  return station::audit::Actor{config.station_id, name};
+}
+
+Result<std::string> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
+                                     const hsm::Signer& issuer_key, const X509& issuer,
+                                     const std::string& station_id) {
+  KL_CHECK(hsm::validate_label(label));
+  KL_TRY(auto key, store.generate_signing_key(label, hsm::Algorithm::ec_p256));
+  KL_TRY(X509NamePtr subject, parse_dn("CN=Keyline audit " + station_id));
+  KL_TRY(X509Ptr cert, ca::make_signing_certificate(issuer_key, issuer, key->public_key(), *subject, 36500,
+                                                    ctx.clock(), ctx.rng()));
+  KL_TRY(Bytes der, to_der(cert.get()));
+  KL_CHECK(files::write_atomic(ctx.state().audit_cert_path(), to_pem(cert.get()), 0644));
+  return sha256_hex(der);
+}
+
+Result<station::audit::AuditKey> open_audit_key(const Context& ctx, const station::Config& config,
+                                                hsm::KeyStore& store) {
+  auto cert_text = files::read(ctx.state().audit_cert_path(), 1 << 20);
+  if (!cert_text)
+    return fail(Domain::state, "this station has no audit key certificate (" + ctx.state().audit_cert_path().string() +
+                                   "); create the audit key with 'keyline audit key create'");
+  KL_TRY(X509Ptr cert, x509_from_pem(*cert_text, ctx.state().audit_cert_path().string()));
+  KL_TRY(Bytes der, to_der(cert.get()));
+  station::audit::AuditKey key;
+  KL_TRY(key.signer, store.signer(config.audit.key));
+  KL_TRY(auto pub, hsm::public_key_der(X509_get0_pubkey(cert.get())));
+  if (pub != key.signer->public_key())
+    return fail(Domain::state, ctx.state().audit_cert_path().string() + " does not certify the audit key " +
+                                   key.signer->describe() + "; recreate it with 'keyline audit key create'");
+  key.id = sha256_hex(der);
+  key.chain_pem.push_back(to_pem(cert.get()));
+  KL_TRY(std::string inter, files::read(ctx.state().intermediate_cert_path(), 1 << 20));
+  KL_TRY(std::string root, files::read(ctx.state().root_cert_path(), 1 << 20));
+  key.chain_pem.push_back(inter);
+  key.chain_pem.push_back(root);
+  return key;
+}
+
+Status checkpoint_if_due(const Context& ctx, const station::Config& config, hsm::KeyStore& store,
+                         station::audit::Trail& trail) {
+  if (config.audit.checkpoint_interval <= 0) return {};
+  auto key = open_audit_key(ctx, config, store);
+  if (!key) {
+    log::get("audit")->warn("no signed checkpoint: {}", key.error().message());
+    return {};
+  }
+  return trail.checkpoint_if_due(*key->signer, key->id, config.audit.checkpoint_interval);
+}
+
+}  // namespace keyline::cli
