@@ -28,8 +28,9 @@ class ChainChecker {
   Status next(std::int64_t seq, std::string_view canonical, const std::string& hash, const std::string& where,
               const std::function<Result<std::string>()>& station) {
     if (seq > expected_)
-      return std::unexpected(broken(expected_, "record " + std::to_string(expected_) + " is missing (deleted): " +
-                                                   where + " holds record " + std::to_string(seq) + " next"));
+      return std::unexpected(broken(expected_, "record " + std::to_string(expected_) + " is missing or out of place: " +
+                                                   where + " holds record " + std::to_string(seq) +
+                                                   " (records were deleted or reordered)"));
     if (seq < expected_)
       return std::unexpected(broken(seq, "record " + std::to_string(seq) + " " + where + " is out of order: record " +
                                              std::to_string(expected_) +

@@ -1,0 +1,82 @@
+// The audit record's canonical form, hash chain and export line formats.
+#include <openssl/sha.h>
+
+#include <gtest/gtest.h>
+
+#include "format.hpp"
+#include "keyline/core/hex.hpp"
+#include "keyline/station/audit.hpp"
+
+namespace keyline::station::audit {
+namespace {
+
+Record sample() {
+  Record r;
+  r.seq = 42;
+  r.time = "2026-11-26T08:00:00Z";
+  r.station = "line-1";
+  r.operator_name = "Zoë \"night\", shift";
+  r.type = "certificate.issued";
+  r.body = canonical_body({{"serial", "0A"}, {"b", 1}, {"a", {{"z", true}, {"y", nullptr}}}});
+  return r;
+}
+
+TEST(AuditFormat, CanonicalRecordHasFixedMemberOrderSortedBodyAndAsciiOnly) {
+  EXPECT_EQ(canonical_record(sample()),
+            "{\"seq\":42,\"time\":\"2026-11-26T08:00:00Z\",\"station\":\"line-1\","
+            "\"operator\":\"Zo\\u00eb \\\"night\\\", shift\",\"type\":\"certificate.issued\","
+            "\"body\":{\"a\":{\"y\":null,\"z\":true},\"b\":1,\"serial\":\"0A\"}}");
+}
+
+TEST(AuditFormat, ChainHashIsSha256OfPreviousHashAndRecord) {
+  std::string canonical = canonical_record(sample());
+  std::string prev = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+  auto raw = from_hex(prev);
+  std::string input(raw->begin(), raw->end());
+  input += canonical;
+  unsigned char md[32];
+  SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), md);
+  std::string expected = to_hex(std::span<const unsigned char>(md, 32));
+  for (char& c : expected) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  EXPECT_EQ(chain_hash(prev, canonical), expected);
+  EXPECT_NE(chain_hash(kGenesisHash, canonical), expected) << "the previous hash is part of the input";
+}
+
+TEST(AuditFormat, JsonlLineSplitsBackIntoCanonicalRecordAndHash) {
+  Record r = sample();
+  r.hash = chain_hash(kGenesisHash, canonical_record(r));
+  std::string line = jsonl_line(r);
+  ASSERT_EQ(line.back(), '\n');
+  line.pop_back();
+  auto j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["hash"], r.hash);
+  EXPECT_EQ(j["operator"], "Zoë \"night\", shift");
+  auto p = parse_jsonl_line(line);
+  ASSERT_TRUE(p) << p.error().message();
+  EXPECT_EQ(p->seq, 42);
+  EXPECT_EQ(p->hash, r.hash);
+  EXPECT_EQ(p->canonical, canonical_record(r));
+  for (std::string bad : std::vector<std::string>{"", "{}", "{\"seq\":x,\"hash\":\"" + r.hash + "\"}", line.substr(0, line.size() - 3)})
+    EXPECT_FALSE(parse_jsonl_line(bad)) << bad;
+}
+
+TEST(AuditFormat, CsvLineRoundTripsQuotesAndCommas) {
+  Record r = sample();
+  r.hash = chain_hash(kGenesisHash, canonical_record(r));
+  std::string line = csv_line(r);
+  line.pop_back();
+  auto back = parse_csv_line(line);
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(canonical_record(*back), canonical_record(r));
+  EXPECT_EQ(back->hash, r.hash);
+  EXPECT_FALSE(parse_csv_line("1,2,3"));
+  EXPECT_FALSE(parse_csv_line("1,\"unterminated,a,b,c,d,e"));
+}
+
+TEST(AuditFormat, CheckpointMessageIsTheDocumentedText) {
+  EXPECT_EQ(checkpoint_message("line-1", 7, "ab", "2026-11-26T08:00:00Z"),
+            "keyline-audit-checkpoint-v1\nline-1\n7\nab\n2026-11-26T08:00:00Z\n");
+}
+
+}  // namespace
+}  // namespace keyline::station::audit
