@@ -30,14 +30,12 @@ Result<ParsedLine> parse_jsonl_line(std::string_view line) {
       line.substr(line.size() - kSuffix, kHashMember.size()) != kHashMember || line.substr(line.size() - 2) != "\"}")
     return fail(Domain::integrity, "not an audit record (expected {\"seq\":…,\"hash\":\"…\"})");
   ParsedLine p;
-  p.hash = std::string(line.substr(line.size() - kSuffix + kHashMember.size(), 64));
+  p.hash = line.substr(line.size() - kSuffix + kHashMember.size(), 64);
   if (!is_hex64(p.hash)) return fail(Domain::integrity, "the record's hash is not 64 lower-case hex digits");
   std::size_t comma = line.find(',', kPrefix.size());
   if (comma == std::string_view::npos) return fail(Domain::integrity, "not an audit record");
   KL_TRY(p.seq, parse_seq(line.substr(kPrefix.size(), comma - kPrefix.size())));
-  p.canonical.reserve(line.size() - kSuffix + 1);
-  p.canonical.append(line.substr(0, line.size() - kSuffix));
-  p.canonical.push_back('}');
+  p.head = line.substr(0, line.size() - kSuffix);
   return p;
 }
 

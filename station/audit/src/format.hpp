@@ -16,17 +16,22 @@ inline std::string lower(std::string s) {
   return s;
 }
 
+// SHA-256(prev || a || b) without allocating; hex helpers for 32-byte hashes.
+void chain_hash_raw(const unsigned char prev[32], std::string_view a, std::string_view b, unsigned char out[32]);
+void lower_hex(const unsigned char raw[32], char out[64]);
+bool parse_hash(std::string_view hex, unsigned char out[32]);
+
 // One JSON Lines record: the canonical record with "hash" as its last member.
 std::string jsonl_line(const Record& r);
 // One CSV row (RFC 4180): seq,time,station,operator,type,body,hash.
 std::string csv_line(const Record& r);
 
 // A JSONL line split back into its canonical record, sequence number and hash.
+// Views into the line: the canonical record is `head` followed by "}".
 struct ParsedLine {
   std::int64_t seq = 0;
-  std::string canonical;
-  std::string hash;
-  std::string station;  // only filled for CSV lines
+  std::string_view head;
+  std::string_view hash;
 };
 Result<ParsedLine> parse_jsonl_line(std::string_view line);
 Result<Record> parse_csv_line(std::string_view line);

@@ -15,8 +15,22 @@ namespace keyline::station::audit {
 
 namespace {
 
-std::string json_string(std::string_view s) {
-  return nlohmann::json(std::string(s)).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+// JSON string literal; the fast path copies plain printable ASCII.
+void append_json_string(std::string& out, std::string_view s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      out += nlohmann::json(std::string(s)).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+      return;
+    }
+  out += '"';
+  out.append(s);
+  out += '"';
+}
+
+void assign_text(std::string& out, sqlite3_stmt* s, int i) {
+  auto* p = sqlite3_column_text(s, i);
+  if (p) out.assign(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)));
+  else out.clear();
 }
 
 std::string column_text(sqlite3_stmt* s, int i) {
@@ -67,31 +81,71 @@ std::string canonical_record(const Record& r) {
   out += "{\"seq\":";
   out += std::to_string(r.seq);
   out += ",\"time\":";
-  out += json_string(r.time);
+  append_json_string(out, r.time);
   out += ",\"station\":";
-  out += json_string(r.station);
+  append_json_string(out, r.station);
   out += ",\"operator\":";
-  out += json_string(r.operator_name);
+  append_json_string(out, r.operator_name);
   out += ",\"type\":";
-  out += json_string(r.type);
+  append_json_string(out, r.type);
   out += ",\"body\":";
   out += r.body;
   out += '}';
   return out;
 }
 
+void chain_hash_raw(const unsigned char prev[32], std::string_view a, std::string_view b, unsigned char out[32]) {
+  // One context and one fetched digest per thread: an implicit fetch per
+  // record would cost more than the hash itself.
+  struct Ctx {
+    EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ~Ctx() {
+      EVP_MD_CTX_free(ctx);
+      EVP_MD_free(md);
+    }
+  };
+  thread_local Ctx c;
+  unsigned int n = 0;
+  EVP_DigestInit_ex(c.ctx, c.md, nullptr);
+  EVP_DigestUpdate(c.ctx, prev, 32);
+  EVP_DigestUpdate(c.ctx, a.data(), a.size());
+  if (!b.empty()) EVP_DigestUpdate(c.ctx, b.data(), b.size());
+  EVP_DigestFinal_ex(c.ctx, out, &n);
+}
+
+void lower_hex(const unsigned char raw[32], char out[64]) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i) {
+    out[2 * i] = kDigits[raw[i] >> 4];
+    out[2 * i + 1] = kDigits[raw[i] & 15];
+  }
+}
+
+bool parse_hash(std::string_view hex, unsigned char out[32]) {
+  if (hex.size() != 64) return false;
+  auto nibble = [](char ch) -> int {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+  };
+  for (int i = 0; i < 32; ++i) {
+    int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
+  return true;
+}
+
 std::string chain_hash(std::string_view prev_hash_hex, std::string_view canonical) {
   unsigned char prev[32] = {};
-  if (auto raw = from_hex(prev_hash_hex); raw && raw->size() == 32) std::memcpy(prev, raw->data(), 32);
+  parse_hash(prev_hash_hex, prev);
   unsigned char md[32];
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  EVP_DigestUpdate(ctx, prev, sizeof prev);
-  EVP_DigestUpdate(ctx, canonical.data(), canonical.size());
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(ctx, md, &n);
-  EVP_MD_CTX_free(ctx);
-  return lower(to_hex(std::span<const unsigned char>(md, 32)));
+  chain_hash_raw(prev, canonical, {}, md);
+  char hex[64];
+  lower_hex(md, hex);
+  return std::string(hex, 64);
 }
 
 std::string checkpoint_message(std::string_view station, std::int64_t seq, std::string_view hash,
@@ -230,7 +284,17 @@ Status for_each_record(Ledger& ledger, std::int64_t first, std::int64_t last,
   sqlite3_bind_int64(st.s, 1, first);
   sqlite3_bind_int64(st.s, 2, last);
   int rc;
-  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) KL_CHECK(fn(read_record(st.s)));
+  Record r;  // reused: its strings keep their capacity from row to row
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    r.seq = sqlite3_column_int64(st.s, 0);
+    assign_text(r.time, st.s, 1);
+    assign_text(r.station, st.s, 2);
+    assign_text(r.operator_name, st.s, 3);
+    assign_text(r.type, st.s, 4);
+    assign_text(r.body, st.s, 5);
+    assign_text(r.hash, st.s, 6);
+    KL_CHECK(fn(r));
+  }
   if (rc != SQLITE_DONE) return std::unexpected(db_error(ledger, "reading the audit trail"));
   return {};
 }

@@ -1,3 +1,4 @@
+#include <cstring>
 #include <fstream>
 #include <map>
 
@@ -17,44 +18,53 @@ namespace {
 Error broken(std::int64_t seq, std::string message) { return Error(Domain::integrity, std::move(message), seq); }
 
 // Walks records in order and checks sequence, hash chain and checkpoints.
+// The canonical record arrives in two parts (a JSONL line's head and "}").
 class ChainChecker {
  public:
-  ChainChecker(std::int64_t first_seq, std::string prev_hash, std::string cert_pem,
+  ChainChecker(std::int64_t first_seq, std::string_view prev_hash, std::string cert_pem,
                std::multimap<std::int64_t, Checkpoint> checkpoints)
-      : expected_(first_seq), prev_(std::move(prev_hash)), cert_pem_(std::move(cert_pem)),
-        checkpoints_(std::move(checkpoints)) {}
+      : expected_(first_seq), cert_pem_(std::move(cert_pem)), checkpoints_(std::move(checkpoints)) {
+    if (!parse_hash(prev_hash, prev_)) std::memset(prev_, 0, sizeof prev_);
+    lower_hex(prev_, prev_hex_);
+  }
 
-  // `station` is only needed where a checkpoint signs this record.
-  Status next(std::int64_t seq, std::string_view canonical, const std::string& hash, const std::string& where,
-              const std::function<Result<std::string>()>& station) {
+  // `where` and `station` are only called when needed (an error, a checkpoint).
+  Status next(std::int64_t seq, std::string_view part1, std::string_view part2, std::string_view hash,
+              const std::function<std::string()>& where, const std::function<std::string()>& station) {
     if (seq > expected_)
       return std::unexpected(broken(expected_, "record " + std::to_string(expected_) + " is missing or out of place: " +
-                                                   where + " holds record " + std::to_string(seq) +
+                                                   where() + " holds record " + std::to_string(seq) +
                                                    " (records were deleted or reordered)"));
     if (seq < expected_)
-      return std::unexpected(broken(seq, "record " + std::to_string(seq) + " " + where + " is out of order: record " +
+      return std::unexpected(broken(seq, "record " + std::to_string(seq) + " " + where() + " is out of order: record " +
                                              std::to_string(expected_) +
                                              " was expected (records were reordered or inserted)"));
-    if (chain_hash(prev_, canonical) != hash)
-      return std::unexpected(broken(seq, "record " + std::to_string(seq) + " " + where +
+    unsigned char md[32];
+    chain_hash_raw(prev_, part1, part2, md);
+    char hex[64];
+    lower_hex(md, hex);
+    if (hash != std::string_view(hex, 64))
+      return std::unexpected(broken(seq, "record " + std::to_string(seq) + " " + where() +
                                              " was modified: its content does not match its hash"));
-    auto [lo, hi] = checkpoints_.equal_range(seq);
-    for (auto it = lo; it != hi; ++it) {
-      const Checkpoint& cp = it->second;
-      if (cp.hash != hash)
-        return std::unexpected(broken(seq, "the trail up to record " + std::to_string(seq) +
-                                               " differs from the checkpoint signed at record " + std::to_string(seq) +
-                                               " (the trail was rewritten)"));
-      KL_TRY(std::string st, station());
-      std::string msg = checkpoint_message(st, cp.seq, cp.hash, cp.time);
-      auto ok = verify_signature(cert_pem_, ByteView(reinterpret_cast<const unsigned char*>(msg.data()), msg.size()),
-                                 cp.signature);
-      if (!ok)
-        return std::unexpected(broken(seq, "the checkpoint at record " + std::to_string(seq) +
-                                               " is not signed by the audit key (the trail was rewritten)"));
-      ++checked_;
+    if (!checkpoints_.empty()) {
+      auto [lo, hi] = checkpoints_.equal_range(seq);
+      for (auto it = lo; it != hi; ++it) {
+        const Checkpoint& cp = it->second;
+        if (cp.hash != hash)
+          return std::unexpected(broken(seq, "the trail up to record " + std::to_string(seq) +
+                                                 " differs from the checkpoint signed at record " +
+                                                 std::to_string(seq) + " (the trail was rewritten)"));
+        std::string msg = checkpoint_message(station(), cp.seq, cp.hash, cp.time);
+        auto ok = verify_signature(cert_pem_, ByteView(reinterpret_cast<const unsigned char*>(msg.data()), msg.size()),
+                                   cp.signature);
+        if (!ok)
+          return std::unexpected(broken(seq, "the checkpoint at record " + std::to_string(seq) +
+                                                 " is not signed by the audit key (the trail was rewritten)"));
+        ++checked_;
+      }
     }
-    prev_ = hash;
+    std::memcpy(prev_, md, 32);
+    std::memcpy(prev_hex_, hex, 64);
     ++expected_;
     return {};
   }
@@ -68,12 +78,13 @@ class ChainChecker {
   }
 
   std::int64_t last() const { return expected_ - 1; }
-  const std::string& last_hash() const { return prev_; }
+  std::string last_hash() const { return std::string(prev_hex_, 64); }
   std::size_t checked() const { return checked_; }
 
  private:
   std::int64_t expected_;
-  std::string prev_;
+  unsigned char prev_[32];
+  char prev_hex_[64];
   std::string cert_pem_;
   std::multimap<std::int64_t, Checkpoint> checkpoints_;
   std::size_t checked_ = 0;
@@ -158,11 +169,11 @@ Result<VerifyResult> verify_export(const fs::path& records, const std::string& t
   Sha256Stream digest;
   std::string line;
   std::int64_t line_no = 0;
+  auto where = [&]() { return "(" + records.filename().string() + " line " + std::to_string(line_no) + ")"; };
   while (std::getline(in, line)) {
     ++line_no;
     digest.update(line);
     if (!in.eof()) digest.update("\n");
-    std::string where = "(" + records.filename().string() + " line " + std::to_string(line_no) + ")";
     if (fmt == Format::csv) {
       if (line_no == 1) {
         if (line != "seq,time,station,operator,type,body,hash")
@@ -171,15 +182,15 @@ Result<VerifyResult> verify_export(const fs::path& records, const std::string& t
       }
       auto rec = parse_csv_line(line);
       if (!rec) return fail(Domain::integrity, records.string() + " line " + std::to_string(line_no) + ": " + rec.error().message());
-      KL_CHECK(checker.next(rec->seq, canonical_record(*rec), rec->hash, where,
-                            [&]() -> Result<std::string> { return rec->station; }));
+      KL_CHECK(checker.next(rec->seq, canonical_record(*rec), {}, rec->hash, where,
+                            [&]() { return rec->station; }));
     } else {
       auto parsed = parse_jsonl_line(line);
       if (!parsed)
         return fail(Domain::integrity, records.string() + " line " + std::to_string(line_no) + ": " +
                                            parsed.error().message());
-      KL_CHECK(checker.next(parsed->seq, parsed->canonical, parsed->hash, where,
-                            [&]() -> Result<std::string> { return station_of(parsed->canonical); }));
+      KL_CHECK(checker.next(parsed->seq, parsed->head, "}", parsed->hash, where,
+                            [&]() { return station_of(std::string(parsed->head) + "}"); }));
     }
   }
   KL_CHECK(checker.finish(last, "the manifest lists records up to"));
@@ -212,7 +223,8 @@ Result<VerifyResult> verify_ledger(Ledger& ledger, const std::vector<std::string
   }
   ChainChecker checker(1, std::string(kGenesisHash), audit_chain_pem[0], std::move(cps));
   KL_CHECK(for_each_record(ledger, 0, INT64_MAX, [&](const Record& r) -> Status {
-    return checker.next(r.seq, canonical_record(r), r.hash, "(ledger)", [&]() -> Result<std::string> { return r.station; });
+    return checker.next(r.seq, canonical_record(r), {}, r.hash, [] { return std::string("(ledger)"); },
+                        [&]() { return r.station; });
   }));
   KL_CHECK(checker.finish(last_signed, "a checkpoint signs records up to"));
   VerifyResult res;
