@@ -13,6 +13,7 @@ std::string_view to_string(Domain d) noexcept {
     case Domain::openssl: return "openssl";
     case Domain::sqlite: return "sqlite";
     case Domain::io: return "io";
+    case Domain::device: return "device";
   }
   return "unknown";
 }
@@ -32,6 +33,7 @@ ExitCode exit_code_for(const Error& e) noexcept {
     case Domain::sqlite:
     case Domain::io: return ExitCode::state;
     case Domain::keystore: return ExitCode::keystore;
+    case Domain::device: return ExitCode::device;
     case Domain::internal:
     case Domain::openssl: return ExitCode::internal;
   }

@@ -24,6 +24,8 @@ enum class Domain : std::uint8_t {
   openssl,   // OpenSSL failure that is not the user's input
   sqlite,    // SQLite failure that is not a state problem
   io,        // file system
+  device,    // a device or its link (serial, USB, device protocol); native codes in
+             // keyline/link/link.hpp and keyline/provision/device_session.hpp
 };
 
 std::string_view to_string(Domain d) noexcept;
@@ -65,6 +67,7 @@ enum class ExitCode : int {
   keystore = 6,
   partial = 7,      // batch finished with some items rejected
   interrupted = 8,  // stopped by a signal; re-run the same command to finish
+  device = 9,       // a device failed, refused, or was disconnected
 };
 
 ExitCode exit_code_for(const Error& e) noexcept;
