@@ -264,3 +264,21 @@ TEST(SerialDiscovery, GlobFindsPtys) {
   EXPECT_NE(std::find(ports.begin(), ports.end(), sim.port()), ports.end());
   EXPECT_TRUE(link::discover_serial_ports({"/dev/keyline-none-*"}).empty());
 }
+
+TEST(DevsimCli, ClearErrorsForBadArguments) {
+  TempDir dir;
+  const std::string devsim = testkit::bin("keyline-devsim").string();
+  auto missing = testkit::run({devsim, "--state", (dir / "none.json").string(), "--show"});
+  EXPECT_EQ(missing.exit_code, 3);
+  EXPECT_NE(missing.err.find("no device state at"), std::string::npos) << missing.err;
+  auto no_mode = testkit::run({devsim, "--state", (dir / "d.json").string()});
+  EXPECT_EQ(no_mode.exit_code, 2);
+  EXPECT_NE(no_mode.err.find("choose exactly one of --pty"), std::string::npos) << no_mode.err;
+  auto bad_tpm = testkit::run({devsim, "--state", (dir / "d.json").string(), "--pty", "--tpm", "nonsense"});
+  EXPECT_EQ(bad_tpm.exit_code, 2);
+  EXPECT_NE(bad_tpm.err.find("--tpm wants a TCTI"), std::string::npos) << bad_tpm.err;
+  testkit::write_file(dir / "broken.json", "{not json");
+  auto broken = testkit::run({devsim, "--state", (dir / "broken.json").string(), "--show"});
+  EXPECT_EQ(broken.exit_code, 3);
+  EXPECT_NE(broken.err.find("is not JSON"), std::string::npos) << broken.err;
+}
