@@ -70,7 +70,8 @@ Run session(const std::string& port, unsigned baud) {
   if (!info) return fail(info.error());
   auto csr = s.keygen(info->model + "-" + info->serial_number);
   if (!csr) return fail(csr.error());
-  auto w = s.write(proto::Slot::cert_chain, ByteView(reinterpret_cast<const unsigned char*>(chain.data()), chain.size()));
+  auto w = s.write(proto::Slot::cert_chain,
+                   ByteView(reinterpret_cast<const unsigned char*>(chain.data()), chain.size()));
   if (!w) return fail(w.error());
   auto h = s.read_hash(proto::Slot::cert_chain);
   if (!h) return fail(h.error());
@@ -92,7 +93,8 @@ int main(int argc, char** argv) {
   const unsigned keygen_ms = argc > 2 ? static_cast<unsigned>(std::atoi(argv[2])) : 100;
   const int repeats = argc > 3 ? std::atoi(argv[3]) : 3;
   testkit::TempDir dir;
-  const std::vector<std::string> args{"--baud", std::to_string(baud), "--keygen-delay-ms", std::to_string(keygen_ms)};
+  const std::vector<std::string> args{"--baud", std::to_string(baud), "--keygen-delay-ms",
+                                      std::to_string(keygen_ms)};
 
   // One device, best of `repeats` (fresh device each time).
   Run best;
@@ -107,9 +109,11 @@ int main(int argc, char** argv) {
   }
   const double wire = static_cast<double>(best.bytes) * 10.0 / baud;
   const double bound = wire + keygen_ms / 1000.0;
-  std::printf("one device, %u baud: %.1f ms for %llu bytes; lower bound %.1f ms (wire %.1f + keygen %u) -> ratio %.3f (target <= 1.25)\n",
-              baud, best.seconds * 1000, static_cast<unsigned long long>(best.bytes), bound * 1000, wire * 1000,
-              keygen_ms, best.seconds / bound);
+  std::printf(
+      "one device, %u baud: %.1f ms for %llu bytes; lower bound %.1f ms (wire %.1f + keygen %u) -> ratio "
+      "%.3f (target <= 1.25)\n",
+      baud, best.seconds * 1000, static_cast<unsigned long long>(best.bytes), bound * 1000, wire * 1000,
+      keygen_ms, best.seconds / bound);
 
   // Eight devices at once, one thread each; the time until the last is done.
   constexpr int kDevices = 8;
@@ -117,11 +121,13 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < repeats; ++rep) {
     std::vector<testkit::Devsim> sims;
     for (int i = 0; i < kDevices; ++i)
-      sims.push_back(testkit::Devsim::pty(dir / ("eight-" + std::to_string(rep) + "-" + std::to_string(i) + ".json"), args));
+      sims.push_back(testkit::Devsim::pty(
+          dir / ("eight-" + std::to_string(rep) + "-" + std::to_string(i) + ".json"), args));
     std::vector<Run> runs(kDevices);
     const auto t0 = Clock::now();
     std::vector<std::thread> threads;
-    for (int i = 0; i < kDevices; ++i) threads.emplace_back([&, i] { runs[i] = session(sims[i].port(), baud); });
+    for (int i = 0; i < kDevices; ++i)
+      threads.emplace_back([&, i] { runs[i] = session(sims[i].port(), baud); });
     for (auto& t : threads) t.join();
     const double took = std::chrono::duration<double>(Clock::now() - t0).count();
     for (auto& r : runs)
@@ -131,7 +137,7 @@ int main(int argc, char** argv) {
       }
     if (best8 == 0 || took < best8) best8 = took;
   }
-  std::printf("8 devices on 8 ptys at once: %.1f ms (one alone: %.1f ms) -> ratio %.3f (target <= 1.3)\n", best8 * 1000,
-              best.seconds * 1000, best8 / best.seconds);
+  std::printf("8 devices on 8 ptys at once: %.1f ms (one alone: %.1f ms) -> ratio %.3f (target <= 1.3)\n",
+              best8 * 1000, best.seconds * 1000, best8 / best.seconds);
   return 0;
 }

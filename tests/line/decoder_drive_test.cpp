@@ -58,9 +58,15 @@ TEST(FrameDecoderDrive, RandomAndMutatedInputForTwoSeconds) {
     for (int k = 0, n = static_cast<int>(rng() % 4) + 1; k < n; ++k) {
       std::size_t at = rng() % mutated.size();
       switch (rng() % 3) {
-        case 0: mutated[at] ^= static_cast<std::uint8_t>(1u << (rng() % 8)); break;
-        case 1: mutated.erase(mutated.begin() + static_cast<std::ptrdiff_t>(at)); break;
-        default: mutated.insert(mutated.begin() + static_cast<std::ptrdiff_t>(at), static_cast<std::uint8_t>(rng())); break;
+        case 0:
+          mutated[at] ^= static_cast<std::uint8_t>(1u << (rng() % 8));
+          break;
+        case 1:
+          mutated.erase(mutated.begin() + static_cast<std::ptrdiff_t>(at));
+          break;
+        default:
+          mutated.insert(mutated.begin() + static_cast<std::ptrdiff_t>(at), static_cast<std::uint8_t>(rng()));
+          break;
       }
       if (mutated.empty()) break;
     }

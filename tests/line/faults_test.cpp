@@ -54,7 +54,8 @@ std::vector<proto::Frame> exchange(link::Link& l, const proto::Frame& f, std::si
 
 TEST(DeviceFaults, CorruptedBytesAreRetried) {
   TempDir dir;
-  auto sim = Devsim::pty(dir / "d.json", {"--serial-number", "SN-F", "--corrupt-rate", "0.004", "--seed", "11"});
+  auto sim =
+      Devsim::pty(dir / "d.json", {"--serial-number", "SN-F", "--corrupt-rate", "0.004", "--seed", "11"});
   auto link = link::SerialLink::open(sim.port());
   ASSERT_TRUE(link);
   DeviceSession s(**link, line_test::fast_options());
@@ -182,7 +183,7 @@ TEST(DeviceProtocol, RepeatedFrameIsAnsweredFromTheCache) {
   ASSERT_EQ(b.size(), 1u);
   EXPECT_EQ(a[0].seq, 77);
   EXPECT_EQ(a[0].payload, b[0].payload);  // the same CSR: no second key
-  f.seq = 78;  // a new request: a new key
+  f.seq = 78;                             // a new request: a new key
   auto c = exchange(**link, f);
   ASSERT_EQ(c.size(), 1u);
   EXPECT_NE(c[0].payload, a[0].payload);

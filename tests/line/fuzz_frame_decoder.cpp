@@ -32,7 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FrameDecoder pieces;
   std::vector<Decoded> b;
   const std::size_t step = size ? (data[0] % 7) + 1 : 1;
-  for (std::size_t off = 0; off < size; off += step) pieces.feed(in.subspan(off, std::min(step, size - off)), b);
+  for (std::size_t off = 0; off < size; off += step)
+    pieces.feed(in.subspan(off, std::min(step, size - off)), b);
   if (a.size() != b.size()) std::abort();
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (a[i].error != b[i].error) std::abort();

@@ -25,7 +25,9 @@ inline keyline::station::provision::SessionOptions fast_options() {
   return o;
 }
 
-inline ByteView view(const std::string& s) { return {reinterpret_cast<const unsigned char*>(s.data()), s.size()}; }
+inline ByteView view(const std::string& s) {
+  return {reinterpret_cast<const unsigned char*>(s.data()), s.size()};
+}
 
 inline keyline::X509ReqPtr parse_csr(const Bytes& der) {
   const unsigned char* p = der.data();
@@ -49,7 +51,8 @@ inline keyline::EvpPkeyPtr csr_key(const Bytes& der) {
 inline void expect_openssl_req_verifies(const keyline::testkit::TempDir& dir, const Bytes& der) {
   auto path = dir / "device.csr.der";
   keyline::testkit::write_file(path, std::string(der.begin(), der.end()));
-  auto r = keyline::testkit::run({"/usr/bin/openssl", "req", "-inform", "DER", "-in", path.string(), "-verify", "-noout"});
+  auto r = keyline::testkit::run(
+      {"/usr/bin/openssl", "req", "-inform", "DER", "-in", path.string(), "-verify", "-noout"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE((r.out + r.err).find("verify OK"), std::string::npos) << r.out << r.err;
 }

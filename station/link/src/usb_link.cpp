@@ -30,18 +30,24 @@ std::string read_serial(libusb_device_handle* h, const libusb_device_descriptor&
 Result<UsbSelector> UsbSelector::parse(std::string_view text) {
   UsbSelector s;
   auto bad = [&] {
-    return fail(Domain::usage, "USB device '" + std::string(text) +
-                                   "': expected VID:PID or VID:PID:SERIAL with VID and PID as 4 hex digits (e.g. 1209:0001)");
+    return fail(
+        Domain::usage,
+        "USB device '" + std::string(text) +
+            "': expected VID:PID or VID:PID:SERIAL with VID and PID as 4 hex digits (e.g. 1209:0001)");
   };
   auto hex4 = [](std::string_view h, std::uint16_t& out) {
     if (h.size() != 4) return false;
     unsigned v = 0;
     for (char c : h) {
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= static_cast<unsigned>(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= static_cast<unsigned>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= static_cast<unsigned>(c - 'A' + 10);
-      else return false;
+      if (c >= '0' && c <= '9')
+        v |= static_cast<unsigned>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        v |= static_cast<unsigned>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        v |= static_cast<unsigned>(c - 'A' + 10);
+      else
+        return false;
     }
     out = static_cast<std::uint16_t>(v);
     return true;
@@ -50,7 +56,8 @@ Result<UsbSelector> UsbSelector::parse(std::string_view text) {
   if (c1 == std::string_view::npos) return bad();
   auto c2 = text.find(':', c1 + 1);
   if (!hex4(text.substr(0, c1), s.vid)) return bad();
-  if (!hex4(text.substr(c1 + 1, c2 == std::string_view::npos ? std::string_view::npos : c2 - c1 - 1), s.pid)) return bad();
+  if (!hex4(text.substr(c1 + 1, c2 == std::string_view::npos ? std::string_view::npos : c2 - c1 - 1), s.pid))
+    return bad();
   if (c2 != std::string_view::npos) {
     if (c2 + 1 >= text.size()) return bad();
     s.serial = std::string(text.substr(c2 + 1));
@@ -92,7 +99,8 @@ Status for_each_match(libusb_context* ctx, const UsbSelector& sel, Fn&& fn) {
 std::vector<UsbDeviceInfo> scan(libusb_context* ctx, const UsbSelector& sel) {
   std::vector<UsbDeviceInfo> out;
   (void)for_each_match(ctx, sel, [&](libusb_device* dev, const libusb_device_descriptor& d) {
-    UsbDeviceInfo info{libusb_get_bus_number(dev), libusb_get_device_address(dev), d.idVendor, d.idProduct, {}};
+    UsbDeviceInfo info{
+        libusb_get_bus_number(dev), libusb_get_device_address(dev), d.idVendor, d.idProduct, {}};
     libusb_device_handle* h = nullptr;
     if (libusb_open(dev, &h) == 0) {
       info.serial = read_serial(h, d);
@@ -109,8 +117,7 @@ std::vector<UsbDeviceInfo> scan(libusb_context* ctx, const UsbSelector& sel) {
 Result<std::vector<UsbDeviceInfo>> list_usb_devices(const UsbSelector& selector) {
   libusb_context* ctx = nullptr;
   int rc = libusb_init(&ctx);
-  if (rc != 0)
-    return std::unexpected(link_error(LinkErrc::io, "cannot start libusb: " + usb_text(rc)));
+  if (rc != 0) return std::unexpected(link_error(LinkErrc::io, "cannot start libusb: " + usb_text(rc)));
   auto out = scan(ctx, selector);
   libusb_exit(ctx);
   return out;
@@ -118,7 +125,8 @@ Result<std::vector<UsbDeviceInfo>> list_usb_devices(const UsbSelector& selector)
 
 Error UsbLink::usb_failure(int rc, std::string_view what) const {
   if (rc == LIBUSB_ERROR_NO_DEVICE)
-    return link_error(LinkErrc::disconnected, "device disconnected: " + description() + " (" + std::string(what) +
+    return link_error(LinkErrc::disconnected, "device disconnected: " + description() + " (" +
+                                                  std::string(what) +
                                                   "); reconnect the device and run again");
   return link_error(LinkErrc::io, std::string(what) + " on " + description() + ": " + usb_text(rc));
 }
@@ -141,15 +149,18 @@ Result<std::unique_ptr<UsbLink>> UsbLink::open(const UsbSelector& selector) {
       return false;
     }
     link->handle_ = h;
-    link->info_ = {libusb_get_bus_number(dev), libusb_get_device_address(dev), d.idVendor, d.idProduct, serial};
+    link->info_ = {libusb_get_bus_number(dev), libusb_get_device_address(dev), d.idVendor, d.idProduct,
+                   serial};
     return true;
   }));
   if (!link->handle_) {
     if (open_rc == LIBUSB_ERROR_ACCESS)
-      return std::unexpected(link_error(LinkErrc::open_failed, "USB device " + selector.to_string() +
-                                                                   ": permission denied (add a udev rule giving the station user access)"));
-    return std::unexpected(link_error(LinkErrc::not_found, "no USB device " + selector.to_string() +
-                                                               " is connected; plug it in or check VID:PID and serial"));
+      return std::unexpected(link_error(
+          LinkErrc::open_failed, "USB device " + selector.to_string() +
+                                     ": permission denied (add a udev rule giving the station user access)"));
+    return std::unexpected(link_error(
+        LinkErrc::not_found,
+        "no USB device " + selector.to_string() + " is connected; plug it in or check VID:PID and serial"));
   }
   // Find the vendor-specific interface with one bulk IN and one bulk OUT endpoint.
   libusb_config_descriptor* cfg = nullptr;
@@ -179,14 +190,15 @@ Result<std::unique_ptr<UsbLink>> UsbLink::open(const UsbSelector& selector) {
   }
   libusb_free_config_descriptor(cfg);
   if (link->interface_ < 0)
-    return std::unexpected(link_error(LinkErrc::not_found, "USB device " + link->description() +
-                                                               " has no vendor-specific interface with bulk IN and OUT "
-                                                               "endpoints; is it running Keyline protocol firmware?"));
+    return std::unexpected(
+        link_error(LinkErrc::not_found, "USB device " + link->description() +
+                                            " has no vendor-specific interface with bulk IN and OUT "
+                                            "endpoints; is it running Keyline protocol firmware?"));
   rc = libusb_claim_interface(link->handle_, link->interface_);
   if (rc == LIBUSB_ERROR_BUSY) {
     link->interface_ = -1;
-    return std::unexpected(link_error(LinkErrc::busy, "USB device " + link->description() +
-                                                          " is already in use by another process"));
+    return std::unexpected(link_error(
+        LinkErrc::busy, "USB device " + link->description() + " is already in use by another process"));
   }
   if (rc != 0) {
     link->interface_ = -1;
@@ -213,7 +225,8 @@ void UsbLink::close() noexcept {
 std::string UsbLink::description() const {
   char b[32];
   std::snprintf(b, sizeof b, "usb %04x:%04x", info_.vid, info_.pid);
-  return std::string(b) + (info_.serial.empty() ? "" : " serial " + info_.serial) + " (bus " + info_.id() + ")";
+  return std::string(b) + (info_.serial.empty() ? "" : " serial " + info_.serial) + " (bus " + info_.id() +
+         ")";
 }
 
 Status UsbLink::send(ByteView bytes) {
@@ -222,7 +235,8 @@ Status UsbLink::send(ByteView bytes) {
   while (off < bytes.size()) {
     int done = 0;
     const int len = static_cast<int>(std::min<std::size_t>(bytes.size() - off, 16384));
-    int rc = libusb_bulk_transfer(handle_, ep_out_, const_cast<unsigned char*>(bytes.data() + off), len, &done, 5000);
+    int rc = libusb_bulk_transfer(handle_, ep_out_, const_cast<unsigned char*>(bytes.data() + off), len,
+                                  &done, 5000);
     off += static_cast<std::size_t>(std::max(done, 0));
     count_sent(static_cast<std::size_t>(std::max(done, 0)));
     if (rc != 0) return std::unexpected(usb_failure(rc, "bulk OUT"));
@@ -234,7 +248,9 @@ Result<std::size_t> UsbLink::receive(std::span<unsigned char> buf, Deadline dead
   if (!handle_) return std::unexpected(link_error(LinkErrc::io, description() + " is closed"));
   if (rx_.empty()) {
     for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now())
+              .count();
       if (left <= 0) return std::size_t{0};
       rx_.resize(16384);  // a multiple of the packet size: no overflow
       int got = 0;

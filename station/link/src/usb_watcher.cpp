@@ -21,11 +21,16 @@ class Watcher final : public UsbWatcher {
 
   Status init() {
     int rc = libusb_init(&ctx_);
-    if (rc != 0) return std::unexpected(link_error(LinkErrc::io, std::string("cannot start libusb: ") + libusb_strerror(rc)));
+    if (rc != 0)
+      return std::unexpected(
+          link_error(LinkErrc::io, std::string("cannot start libusb: ") + libusb_strerror(rc)));
     if (libusb_has_capability(LIBUSB_CAP_HAS_HOTPLUG)) {
       rc = libusb_hotplug_register_callback(
-          ctx_, static_cast<libusb_hotplug_event>(LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED | LIBUSB_HOTPLUG_EVENT_DEVICE_LEFT),
-          LIBUSB_HOTPLUG_NO_FLAGS, sel_.vid, sel_.pid, LIBUSB_HOTPLUG_MATCH_ANY, &Watcher::on_hotplug, this, &handle_);
+          ctx_,
+          static_cast<libusb_hotplug_event>(LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED |
+                                            LIBUSB_HOTPLUG_EVENT_DEVICE_LEFT),
+          LIBUSB_HOTPLUG_NO_FLAGS, sel_.vid, sel_.pid, LIBUSB_HOTPLUG_MATCH_ANY, &Watcher::on_hotplug, this,
+          &handle_);
       hotplug_ = rc == LIBUSB_SUCCESS;
     }
     thread_ = std::thread([this] { run(); });
@@ -53,8 +58,10 @@ class Watcher final : public UsbWatcher {
     ssize_t n = libusb_get_device_list(ctx_, &list);
     for (ssize_t i = 0; i < n; ++i) {
       libusb_device_descriptor d{};
-      if (libusb_get_device_descriptor(list[i], &d) != 0 || d.idVendor != sel_.vid || d.idProduct != sel_.pid) continue;
-      UsbDeviceInfo info{libusb_get_bus_number(list[i]), libusb_get_device_address(list[i]), d.idVendor, d.idProduct, {}};
+      if (libusb_get_device_descriptor(list[i], &d) != 0 || d.idVendor != sel_.vid || d.idProduct != sel_.pid)
+        continue;
+      UsbDeviceInfo info{
+          libusb_get_bus_number(list[i]), libusb_get_device_address(list[i]), d.idVendor, d.idProduct, {}};
       // Opening and one control transfer (string descriptor 0) prove the
       // device is still there: libusb's cached list can keep an unplugged
       // device when the removal event is missed.

@@ -26,12 +26,18 @@ bool encode_frame(const Frame& f, std::vector<std::uint8_t>& out) {
 
 std::string_view to_string(FrameError e) noexcept {
   switch (e) {
-    case FrameError::none: return "no error";
-    case FrameError::oversize: return "frame longer than the protocol maximum";
-    case FrameError::bad_cobs: return "malformed COBS encoding";
-    case FrameError::too_short: return "frame shorter than header and CRC";
-    case FrameError::length_mismatch: return "payload length field disagrees with the frame size";
-    case FrameError::bad_crc: return "CRC-32C mismatch";
+    case FrameError::none:
+      return "no error";
+    case FrameError::oversize:
+      return "frame longer than the protocol maximum";
+    case FrameError::bad_cobs:
+      return "malformed COBS encoding";
+    case FrameError::too_short:
+      return "frame shorter than header and CRC";
+    case FrameError::length_mismatch:
+      return "payload length field disagrees with the frame size";
+    case FrameError::bad_crc:
+      return "CRC-32C mismatch";
   }
   return "unknown frame error";
 }

@@ -10,29 +10,43 @@ using wire::Reader;
 
 std::string_view to_string(MsgType t) noexcept {
   switch (t) {
-    case MsgType::info: return "INFO";
-    case MsgType::keygen: return "KEYGEN";
-    case MsgType::get_ek: return "GET_EK";
-    case MsgType::write: return "WRITE";
-    case MsgType::read_hash: return "READ_HASH";
-    case MsgType::challenge: return "CHALLENGE";
-    case MsgType::lock: return "LOCK";
-    case MsgType::status: return "STATUS";
-    case MsgType::error: return "ERROR";
+    case MsgType::info:
+      return "INFO";
+    case MsgType::keygen:
+      return "KEYGEN";
+    case MsgType::get_ek:
+      return "GET_EK";
+    case MsgType::write:
+      return "WRITE";
+    case MsgType::read_hash:
+      return "READ_HASH";
+    case MsgType::challenge:
+      return "CHALLENGE";
+    case MsgType::lock:
+      return "LOCK";
+    case MsgType::status:
+      return "STATUS";
+    case MsgType::error:
+      return "ERROR";
   }
   return "UNKNOWN";
 }
 
 bool is_request_type(std::uint8_t type) noexcept {
-  return type >= static_cast<std::uint8_t>(MsgType::info) && type <= static_cast<std::uint8_t>(MsgType::status);
+  return type >= static_cast<std::uint8_t>(MsgType::info) &&
+         type <= static_cast<std::uint8_t>(MsgType::status);
 }
 
 std::string_view to_string(Slot s) noexcept {
   switch (s) {
-    case Slot::cert_chain: return "cert-chain";
-    case Slot::private_key: return "private-key";
-    case Slot::symmetric_key: return "symmetric-key";
-    case Slot::dps_settings: return "dps-settings";
+    case Slot::cert_chain:
+      return "cert-chain";
+    case Slot::private_key:
+      return "private-key";
+    case Slot::symmetric_key:
+      return "symmetric-key";
+    case Slot::dps_settings:
+      return "dps-settings";
   }
   return "unknown-slot";
 }
@@ -50,17 +64,28 @@ std::optional<Slot> slot_from_name(std::string_view name) noexcept {
 
 std::string_view to_string(DeviceError e) noexcept {
   switch (e) {
-    case DeviceError::malformed: return "malformed request";
-    case DeviceError::unknown_message: return "unknown message type";
-    case DeviceError::unsupported_version: return "unsupported protocol version";
-    case DeviceError::locked: return "device is locked";
-    case DeviceError::slot_empty: return "slot is empty";
-    case DeviceError::bad_slot: return "unknown or unsupported slot";
-    case DeviceError::no_key: return "no device key";
-    case DeviceError::no_tpm: return "no TPM";
-    case DeviceError::too_large: return "data too large for the slot";
-    case DeviceError::refused: return "refused by the device";
-    case DeviceError::internal: return "device internal error";
+    case DeviceError::malformed:
+      return "malformed request";
+    case DeviceError::unknown_message:
+      return "unknown message type";
+    case DeviceError::unsupported_version:
+      return "unsupported protocol version";
+    case DeviceError::locked:
+      return "device is locked";
+    case DeviceError::slot_empty:
+      return "slot is empty";
+    case DeviceError::bad_slot:
+      return "unknown or unsupported slot";
+    case DeviceError::no_key:
+      return "no device key";
+    case DeviceError::no_tpm:
+      return "no TPM";
+    case DeviceError::too_large:
+      return "data too large for the slot";
+    case DeviceError::refused:
+      return "refused by the device";
+    case DeviceError::internal:
+      return "device internal error";
   }
   return "unknown device error";
 }
@@ -74,8 +99,8 @@ bool printable(ByteView b) {
 Result<std::string> text_field(Reader& r, std::string_view field, std::size_t min, std::string_view what) {
   KL_TRY(ByteView v, r.lp8(field, kMaxText));
   if (v.size() < min || !printable(v))
-    return fail(Domain::input, std::string(what) + ": field '" + std::string(field) +
-                                   "' must be " + std::to_string(min) + ".." + std::to_string(kMaxText) +
+    return fail(Domain::input, std::string(what) + ": field '" + std::string(field) + "' must be " +
+                                   std::to_string(min) + ".." + std::to_string(kMaxText) +
                                    " printable ASCII characters");
   return wire::str(v);
 }
@@ -124,8 +149,9 @@ Bytes encode_challenge_request(ByteView nonce) { return Bytes(nonce.begin(), non
 
 Result<Bytes> decode_challenge_request(ByteView p) {
   if (p.size() < kMinNonce || p.size() > kMaxNonce)
-    return fail(Domain::input, "CHALLENGE request: the nonce is " + std::to_string(p.size()) + " bytes; it must be " +
-                                   std::to_string(kMinNonce) + ".." + std::to_string(kMaxNonce));
+    return fail(Domain::input, "CHALLENGE request: the nonce is " + std::to_string(p.size()) +
+                                   " bytes; it must be " + std::to_string(kMinNonce) + ".." +
+                                   std::to_string(kMaxNonce));
   return Bytes(p.begin(), p.end());
 }
 
@@ -156,8 +182,8 @@ Result<Info> decode_info(ByteView p) {
 }
 
 Bytes encode_status(const DeviceStatus& s) {
-  return Bytes{static_cast<unsigned char>(s.locked ? 1 : 0), static_cast<unsigned char>(s.has_device_key ? 1 : 0),
-               s.slots_present};
+  return Bytes{static_cast<unsigned char>(s.locked ? 1 : 0),
+               static_cast<unsigned char>(s.has_device_key ? 1 : 0), s.slots_present};
 }
 
 Result<DeviceStatus> decode_status(ByteView p) {
@@ -199,7 +225,8 @@ Result<ErrorReply> decode_error(ByteView p) {
   e.code = static_cast<DeviceError>(code);
   e.text = wire::str(text);
   // Keep only printable characters: the text ends up in logs and messages.
-  std::replace_if(e.text.begin(), e.text.end(), [](char c) { return c < 0x20 || c == 0x7F; }, '?');
+  std::replace_if(
+      e.text.begin(), e.text.end(), [](char c) { return c < 0x20 || c == 0x7F; }, '?');
   return e;
 }
 

@@ -37,15 +37,17 @@ std::uint16_t random_seq() {
 DeviceSession::DeviceSession(link::Link& link, SessionOptions options)
     : link_(link), options_(options), next_seq_(options.first_seq ? *options.first_seq : random_seq()) {}
 
-Result<proto::Frame> DeviceSession::transact(MsgType type, const Bytes& payload, std::chrono::milliseconds timeout) {
+Result<proto::Frame> DeviceSession::transact(MsgType type, const Bytes& payload,
+                                             std::chrono::milliseconds timeout) {
   proto::Frame request;
   request.type = static_cast<std::uint8_t>(type);
   request.seq = next_seq_++;
   request.payload = payload;
   Bytes wire;
   if (!proto::encode_frame(request, wire))
-    return fail(Domain::input, std::string(proto::to_string(type)) + ": payload of " + std::to_string(payload.size()) +
-                                   " bytes exceeds the protocol maximum of " + std::to_string(proto::kMaxPayload));
+    return fail(Domain::input,
+                std::string(proto::to_string(type)) + ": payload of " + std::to_string(payload.size()) +
+                    " bytes exceeds the protocol maximum of " + std::to_string(proto::kMaxPayload));
   if (options_.baud > 0) {
     const auto wire_ms = (wire.size() + proto::kMaxWireFrame) * 10'000 / options_.baud;
     timeout += std::chrono::milliseconds(wire_ms);
@@ -58,8 +60,8 @@ Result<proto::Frame> DeviceSession::transact(MsgType type, const Bytes& payload,
   for (int attempt = 1; attempt <= attempts; ++attempt) {
     if (attempt > 1) {
       ++stats_.retries;
-      log->debug("{}: retrying {} seq {} (attempt {}/{})", link_.description(), proto::to_string(type), request.seq,
-                 attempt, attempts);
+      log->debug("{}: retrying {} seq {} (attempt {}/{})", link_.description(), proto::to_string(type),
+                 request.seq, attempt, attempts);
     }
     KL_CHECK(link_.send(wire));
     const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -84,8 +86,9 @@ Result<proto::Frame> DeviceSession::transact(MsgType type, const Bytes& payload,
         if (d.frame.type == static_cast<std::uint8_t>(MsgType::error)) {
           auto e = proto::decode_error(d.frame.payload);
           if (!e)
-            return std::unexpected(session_error(SessionErrc::bad_reply, std::string(proto::to_string(type)) +
-                                                                             ": malformed ERROR reply: " + e.error().message()));
+            return std::unexpected(session_error(
+                SessionErrc::bad_reply,
+                std::string(proto::to_string(type)) + ": malformed ERROR reply: " + e.error().message()));
           return std::unexpected(Error(Domain::device,
                                        "device refused " + std::string(proto::to_string(type)) + ": " +
                                            std::string(proto::to_string(e->code)) + " (code " +
@@ -94,11 +97,11 @@ Result<proto::Frame> DeviceSession::transact(MsgType type, const Bytes& payload,
                                            link_.description() + "]",
                                        static_cast<std::int64_t>(e->code)));
         }
-        return std::unexpected(session_error(SessionErrc::bad_reply,
-                                             std::string(proto::to_string(type)) + ": the device answered with type 0x" +
-                                                 fmt::format("{:02X}", d.frame.type) + " instead of 0x" +
-                                                 fmt::format("{:02X}", proto::response_type(type)) +
-                                                 "; is it running protocol v1 firmware?"));
+        return std::unexpected(session_error(
+            SessionErrc::bad_reply,
+            std::string(proto::to_string(type)) + ": the device answered with type 0x" +
+                fmt::format("{:02X}", d.frame.type) + " instead of 0x" +
+                fmt::format("{:02X}", proto::response_type(type)) + "; is it running protocol v1 firmware?"));
       }
     }
   }
@@ -114,7 +117,8 @@ namespace {
 template <typename T>
 Result<T> parse_reply(Result<T> r, MsgType type) {
   if (!r)
-    return std::unexpected(Error(Domain::device, std::string(proto::to_string(type)) + " reply: " + r.error().message(),
+    return std::unexpected(Error(Domain::device,
+                                 std::string(proto::to_string(type)) + " reply: " + r.error().message(),
                                  static_cast<std::int64_t>(SessionErrc::bad_reply)));
   return r;
 }
@@ -128,8 +132,10 @@ Result<proto::Info> DeviceSession::info() {
 
 Result<Bytes> DeviceSession::keygen(std::string_view common_name) {
   if (common_name.empty() || common_name.size() > proto::kMaxCn)
-    return fail(Domain::input, "KEYGEN: the common name must be 1.." + std::to_string(proto::kMaxCn) + " characters");
-  KL_TRY(auto f, transact(MsgType::keygen, proto::encode_keygen_request(common_name), options_.keygen_timeout));
+    return fail(Domain::input,
+                "KEYGEN: the common name must be 1.." + std::to_string(proto::kMaxCn) + " characters");
+  KL_TRY(auto f,
+         transact(MsgType::keygen, proto::encode_keygen_request(common_name), options_.keygen_timeout));
   if (f.payload.empty())
     return std::unexpected(session_error(SessionErrc::bad_reply, "KEYGEN reply: empty CSR"));
   return std::move(f.payload);
@@ -148,9 +154,9 @@ Result<proto::Digest> DeviceSession::write(proto::Slot slot, ByteView data) {
   const Bytes want = sha256(data);
   if (!std::equal(want.begin(), want.end(), digest.begin()))
     return std::unexpected(session_error(
-        SessionErrc::hash_mismatch, "WRITE " + std::string(proto::to_string(slot)) + ": the device reports SHA-256 " +
-                                        to_hex(digest) + " but " + to_hex(want) +
-                                        " was sent; the slot content is wrong, write it again"));
+        SessionErrc::hash_mismatch,
+        "WRITE " + std::string(proto::to_string(slot)) + ": the device reports SHA-256 " + to_hex(digest) +
+            " but " + to_hex(want) + " was sent; the slot content is wrong, write it again"));
   return digest;
 }
 
@@ -189,9 +195,10 @@ keyline::Status verify_challenge(EVP_PKEY* public_key, ByteView nonce, ByteView 
   const int ok = EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), msg.data(), msg.size());
   drain_openssl_errors();
   if (ok != 1)
-    return fail(Domain::policy,
-                "CHALLENGE: the device's signature does not verify with the certificate's public key; the device "
-                "does not hold the key the certificate was issued for");
+    return fail(
+        Domain::policy,
+        "CHALLENGE: the device's signature does not verify with the certificate's public key; the device "
+        "does not hold the key the certificate was issued for");
   return {};
 }
 

@@ -37,7 +37,8 @@ class SerialLink final : public Link {
   const std::string& path() const noexcept { return path_; }
 
  private:
-  SerialLink(int fd, std::string path, SerialOptions options) : fd_(fd), path_(std::move(path)), options_(options) {}
+  SerialLink(int fd, std::string path, SerialOptions options)
+      : fd_(fd), path_(std::move(path)), options_(options) {}
   Error disconnected(int err) const;
   int fd_ = -1;
   std::string path_;
@@ -47,6 +48,6 @@ class SerialLink final : public Link {
 // Serial ports matching any of `patterns` (glob(7)), sorted, duplicates
 // removed. Default: /dev/ttyUSB* and /dev/ttyACM*.
 std::vector<std::string> discover_serial_ports(const std::vector<std::string>& patterns = {"/dev/ttyUSB*",
-                                                                                            "/dev/ttyACM*"});
+                                                                                           "/dev/ttyACM*"});
 
 }  // namespace keyline::station::link

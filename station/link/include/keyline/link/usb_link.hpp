@@ -42,7 +42,7 @@ struct UsbDeviceInfo {
   std::uint8_t address = 0;
   std::uint16_t vid = 0;
   std::uint16_t pid = 0;
-  std::string serial;  // empty when the device has none or it could not be read
+  std::string serial;      // empty when the device has none or it could not be read
   std::string id() const;  // "BUS/ADDR", e.g. "001/002"
 };
 
@@ -79,8 +79,9 @@ class UsbLink final : public Link {
 class UsbWatcher {
  public:
   using Callback = std::function<void(const UsbDeviceInfo& device, bool arrived)>;
-  static Result<std::unique_ptr<UsbWatcher>> start(const UsbSelector& selector, Callback callback,
-                                                   std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250));
+  static Result<std::unique_ptr<UsbWatcher>> start(
+      const UsbSelector& selector, Callback callback,
+      std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250));
   virtual ~UsbWatcher() = default;
   // True when libusb hotplug events are used, false when polling.
   virtual bool uses_hotplug() const noexcept = 0;

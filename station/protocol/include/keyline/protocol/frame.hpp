@@ -43,11 +43,11 @@ bool encode_frame(const Frame& f, std::vector<std::uint8_t>& out);
 
 enum class FrameError : std::uint8_t {
   none,
-  oversize,        // more than kMaxEncoded bytes without a delimiter
-  bad_cobs,        // the block is not valid COBS
-  too_short,       // shorter than header + CRC
-  length_mismatch, // header length disagrees with the block size
-  bad_crc,         // CRC-32C mismatch
+  oversize,         // more than kMaxEncoded bytes without a delimiter
+  bad_cobs,         // the block is not valid COBS
+  too_short,        // shorter than header + CRC
+  length_mismatch,  // header length disagrees with the block size
+  bad_crc,          // CRC-32C mismatch
 };
 std::string_view to_string(FrameError e) noexcept;
 

@@ -63,9 +63,9 @@ std::string_view to_string(DeviceError e) noexcept;
 
 // INFO capability bits.
 namespace capability {
-inline constexpr std::uint8_t keygen = 0x01;         // KEYGEN: on-device P-256 key
-inline constexpr std::uint8_t tpm = 0x02;            // GET_EK: a TPM 2.0 is present
-inline constexpr std::uint8_t symmetric_slot = 0x04; // WRITE symmetric_key supported
+inline constexpr std::uint8_t keygen = 0x01;          // KEYGEN: on-device P-256 key
+inline constexpr std::uint8_t tpm = 0x02;             // GET_EK: a TPM 2.0 is present
+inline constexpr std::uint8_t symmetric_slot = 0x04;  // WRITE symmetric_key supported
 }  // namespace capability
 
 struct Info {

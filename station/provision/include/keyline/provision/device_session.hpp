@@ -46,9 +46,9 @@ bool has_code(const Error& e, SessionErrc code) noexcept;
 std::optional<proto::DeviceError> device_error(const Error& e) noexcept;
 
 struct SessionOptions {
-  std::chrono::milliseconds timeout{2000};         // per attempt, every request but KEYGEN
-  std::chrono::milliseconds keygen_timeout{15000}; // per attempt, KEYGEN
-  int max_attempts = 4;                            // first try included
+  std::chrono::milliseconds timeout{2000};          // per attempt, every request but KEYGEN
+  std::chrono::milliseconds keygen_timeout{15000};  // per attempt, KEYGEN
+  int max_attempts = 4;                             // first try included
   // When non-zero, each attempt's timeout is extended by the wire time of the
   // request plus the largest reply (10 bits per byte), so big WRITEs over a
   // slow UART do not time out spuriously.
