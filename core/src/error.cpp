@@ -14,6 +14,7 @@ std::string_view to_string(Domain d) noexcept {
     case Domain::sqlite: return "sqlite";
     case Domain::io: return "io";
     case Domain::integrity: return "integrity";
+    case Domain::device: return "device";
   }
   return "unknown";
 }
@@ -34,6 +35,7 @@ ExitCode exit_code_for(const Error& e) noexcept {
     case Domain::io: return ExitCode::state;
     case Domain::keystore: return ExitCode::keystore;
     case Domain::integrity: return ExitCode::tampered;
+    case Domain::device: return ExitCode::device;
     case Domain::internal:
     case Domain::openssl: return ExitCode::internal;
   }

@@ -80,7 +80,8 @@ int main(int argc, char** argv) {
       "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 refused by policy,\n"
       "5 state/ledger/file-system problem, 6 key store problem, 7 partially done (batch:\n"
       "some inputs rejected), 8 interrupted (batch: run the same command again),\n"
-      "9 audit verification failed (a record or signature does not verify).\n"
+      "9 audit verification failed (a record or signature does not verify),\n"
+      "10 device problem (refused, failed, timed out or disconnected).\n"
       "Run 'keyline COMMAND --help' for a command's options.");
 
   app.failure_message([](const CLI::App*, const CLI::Error& e) {

@@ -25,6 +25,8 @@ enum class Domain : std::uint8_t {
   sqlite,    // SQLite failure that is not a state problem
   io,        // file system
   integrity, // a record or signature that should verify does not (audit trail)
+  device,    // a device or its link (serial, USB, device protocol); native codes in
+             // keyline/link/link.hpp and keyline/provision/device_session.hpp
 };
 
 std::string_view to_string(Domain d) noexcept;
@@ -67,6 +69,7 @@ enum class ExitCode : int {
   partial = 7,      // batch finished with some items rejected
   interrupted = 8,  // stopped by a signal; re-run the same command to finish
   tampered = 9,     // audit verification failed: a record or signature does not verify
+  device = 10,      // a device failed, refused, or was disconnected
 };
 
 ExitCode exit_code_for(const Error& e) noexcept;
