@@ -123,8 +123,6 @@ Result<std::string> url_decode(std::string_view text) {
       if (!b || b->size() != 1) return fail(Domain::input, "bad %-escape");
       out.push_back(static_cast<char>((*b)[0]));
       i += 2;
-    } else if (text[i] == '+') {
-      out.push_back(' ');
     } else {
       out.push_back(text[i]);
     }
@@ -185,6 +183,16 @@ Result<ParsedSas> parse_sas_token(std::string_view header) {
   }
   if (p.sr.empty() || p.sig.empty() || !have_se) return fail(Domain::input, "SAS token lacks sr, sig or se");
   return p;
+}
+
+std::vector<std::string> sas_resource_spellings(std::string_view r) {
+  std::string upper = url_encode(r), lower_hex = upper;
+  for (std::size_t i = 0; i < lower_hex.size(); ++i)
+    if (lower_hex[i] == '%' && i + 2 < lower_hex.size()) {
+      lower_hex[i + 1] = static_cast<char>(std::tolower(static_cast<unsigned char>(lower_hex[i + 1])));
+      lower_hex[i + 2] = static_cast<char>(std::tolower(static_cast<unsigned char>(lower_hex[i + 2])));
+    }
+  return {std::string(r), upper, lower_hex};
 }
 
 Result<std::string> derive_device_key(ByteView group_key, std::string_view registration_id) {

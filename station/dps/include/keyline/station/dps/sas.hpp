@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "keyline/core/clock.hpp"
 #include "keyline/core/error.hpp"
@@ -31,7 +32,8 @@ Result<ConnectionString> load_connection_string(std::string_view source);
 
 // Percent-encodes everything but unreserved characters (RFC 3986), upper-case hex.
 std::string url_encode(std::string_view text);
-// Decodes %XX (either case); nullopt-like failure is an input error.
+// Decodes %XX (either case); '+' stays '+' (base64 signatures carry it).
+// A bad escape is an input error.
 Result<std::string> url_decode(std::string_view text);
 
 // base64(HMAC-SHA256(key, sr_as_sent + "\n" + se)).
@@ -68,6 +70,10 @@ struct ParsedSas {
   std::int64_t se = 0;
 };
 Result<ParsedSas> parse_sas_token(std::string_view header);
+
+// The spellings of one resource URI that clients sign (dps-api.md §3.3):
+// as is, percent-encoded with upper- and with lower-case hex.
+std::vector<std::string> sas_resource_spellings(std::string_view decoded_resource);
 
 // Group-key derivation (dps-api.md §4):
 // base64(HMAC-SHA256(base64decode(group key), registration id)).
