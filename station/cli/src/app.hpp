@@ -56,6 +56,7 @@ void add_ca_commands(CLI::App& app, Handler& run);
 void add_ledger_commands(CLI::App& app, Handler& run);
 void add_batch_command(CLI::App& ca_cmd, Handler& run);
 void add_hsm_commands(CLI::App& app, Handler& run);
+void add_dps_commands(CLI::App& app, Handler& run);
 
 // Reads a whole input file for a command; "-" is standard input.
 Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);

@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   cli::add_ca_commands(app, run);
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
+  cli::add_dps_commands(app, run);
 
   try {
     app.parse(argc, argv);

@@ -115,6 +115,13 @@ Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report
   std::vector<OutboxRow> sent;
   for (auto& row : batch) {
     auto doc = materialise(row);
+    if (!doc && doc.error().domain() == Domain::keystore) {  // the key store may come back
+      KL_TRY(auto tx, ledger_.begin());
+      KL_CHECK(outbox_.mark_retry(row.id, doc.error().message(), now));
+      KL_CHECK(tx.commit());
+      ++report.retry;
+      continue;
+    }
     if (!doc) {
       auto tx = ledger_.begin();
       if (!tx) return std::unexpected(tx.error());
