@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <httplib.h>
 #include <openssl/pem.h>
+
+#include <thread>
 #include <openssl/rand.h>
 
 #include "keyline/dps_device/register.hpp"
@@ -236,4 +239,45 @@ TEST_F(DeviceRegistration, CommandLineClientPrintsTheFinalStatus) {
                            (dir_ / "key").string(), "--ca-cert", emu_->ca_cert()});
   EXPECT_EQ(bad.exit_code, 4);
   EXPECT_NE(bad.err.find("no enrollment"), std::string::npos);
+}
+
+TEST_F(DeviceRegistration, CustomAllocationThroughALocalWebhook) {
+  httplib::Server hook;
+  json seen;
+  hook.Post("/allocate", [&](const httplib::Request& req, httplib::Response& res) {
+    seen = json::parse(req.body);
+    json answer = {{"iotHubHostName", "hub-b.example"},
+                   {"initialTwin", {{"tags", {{"from", "webhook"}}}}},
+                   {"payload", {{"greeting", "hello"}}}};
+    res.set_content(answer.dump(), "application/json");
+  });
+  hook.Post("/fail", [](const httplib::Request&, httplib::Response& res) { res.status = 400; });
+  int port = hook.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { hook.listen_after_bind(); });
+  struct Stop {
+    httplib::Server& s;
+    std::thread& t;
+    ~Stop() { s.stop(); t.join(); }
+  } stop{hook, t};
+  std::string base = "http://127.0.0.1:" + std::to_string(port);
+  ASSERT_TRUE(client_->put(std::move(Enrollment::individual("custom-1").symmetric_key(kKey1, kKey2)
+                                         .allocation_policy("custom", base + "/allocate"))));
+  auto req = with_key("custom-1", kKey1);
+  req.payload = {{"model", "m1"}};
+  auto s = dps_device::register_device(req);
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ((*s)["status"], "assigned");
+  EXPECT_EQ((*s)["registrationState"]["assignedHub"], "hub-b.example");
+  EXPECT_EQ((*s)["registrationState"]["payload"]["greeting"], "hello");
+  EXPECT_EQ((*s)["registrationState"]["initialTwin"]["tags"]["from"], "webhook");
+  EXPECT_EQ(seen["deviceRuntimeContext"]["payload"]["model"], "m1");
+  EXPECT_EQ(seen["individualEnrollment"]["registrationId"], "custom-1");
+  EXPECT_EQ(seen["linkedHubs"].size(), 2u);
+  ASSERT_TRUE(client_->put(std::move(Enrollment::individual("custom-2").symmetric_key(kKey1, kKey2)
+                                         .allocation_policy("custom", base + "/fail"))));
+  auto f = dps_device::register_device(with_key("custom-2", kKey1));
+  ASSERT_TRUE(f);
+  EXPECT_EQ((*f)["status"], "failed");
+  EXPECT_EQ((*f)["registrationState"]["errorCode"], 400207);
+  EXPECT_EQ((*f)["registrationState"]["errorMessage"], "Custom allocation failed with status code: 400");
 }
