@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
   cli::add_audit_commands(app, run);
+  cli::add_dps_commands(app, run);
 
   try {
     app.parse(argc, argv);
