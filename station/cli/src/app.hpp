@@ -56,6 +56,8 @@ void add_ca_commands(CLI::App& app, Handler& run);
 void add_ledger_commands(CLI::App& app, Handler& run);
 void add_batch_command(CLI::App& ca_cmd, Handler& run);
 void add_hsm_commands(CLI::App& app, Handler& run);
+// `keyline dps infra`, added to the `dps` command group.
+void add_infra_command(CLI::App& dps, Handler& run);
 
 // Reads a whole input file for a command; "-" is standard input.
 Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);

@@ -86,6 +86,14 @@ int main(int argc, char** argv) {
   cli::add_ca_commands(app, run);
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
+  // The dps command group may be created by another registration; get or create it.
+  CLI::App* dps = nullptr;
+  for (CLI::App* s : app.get_subcommands([](const CLI::App* a) { return a->get_name() == "dps"; })) dps = s;
+  if (!dps) {
+    dps = app.add_subcommand("dps", "Device Provisioning Service: infrastructure and enrollments");
+    dps->require_subcommand(1);
+  }
+  cli::add_infra_command(*dps, run);
 
   try {
     app.parse(argc, argv);
