@@ -275,7 +275,7 @@ Result<Instance> parse_instance(const Parser& p, const toml::table& t, const Key
     if (!location_ok(hub.location)) return p.error(hk / "location", "must be an Azure region such as 'westeurope'");
     KL_TRY(hub.allocation_weight, p.integer(h, hk, "allocation-weight", 1, 0, 1000));
     KL_TRY(hub.apply_allocation_policy, p.boolean(h, hk, "apply-allocation-policy", true));
-    KL_TRY(hub.connection_string_parameter, p.string(h, hk, "connection-string-parameter", 64));
+    KL_TRY(hub.connection_string_parameter, p.string(h, hk, "connection-string-parameter", 4096));
     const std::string& param = hub.connection_string_parameter;
     if (!identifier_ok(param) || reserved_variable(param))
       return p.error(hk / "connection-string-parameter",
