@@ -225,5 +225,20 @@ TEST(InfraOutput, IsDeterministic) {
   }
 }
 
+// The example in docs/dps-infra.md is a valid configuration.
+TEST(InfraConfig, TheDocumentedExampleParses) {
+  std::string doc = testkit::read_file(KEYLINE_DOCS_DIR "/dps-infra.md");
+  auto start = doc.find("```toml\n");
+  ASSERT_NE(start, std::string::npos);
+  start += 8;
+  std::string toml = doc.substr(start, doc.find("```", start) - start);
+  auto c = infra::parse_infra_config(toml, "docs/dps-infra.md");
+  ASSERT_TRUE(c) << c.error().message();
+  ASSERT_TRUE(c->instance);
+  EXPECT_EQ(c->instance->hubs.size(), 1u);
+  EXPECT_EQ(c->groups.size(), 1u);
+  EXPECT_EQ(c->groups[0].initial_twin_tags["site"], "plant 7");
+}
+
 }  // namespace
 }  // namespace keyline::infra_test
