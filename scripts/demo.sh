@@ -76,7 +76,41 @@ echo "   re-running the same command finds everything done:"
 "$KEYLINE" --state "$STATE" ca batch --generate --count 2000 --id-template 'sn-{seq:06}' \
   --out "$DEMO/batch" --encrypt-keys-to "$DEMO/programmer.pem" | sed 's/^/   /'
 
-say "8. Summary"
+say "8. The DPS instance as code: ARM, Bicep, Terraform and enrollment groups from keyline.toml"
+cat >> "$STATE/keyline.toml" <<'TOML'
+
+[dps.instance]
+name = "keyline-demo-dps"
+location = "westeurope"
+allocation-policy = "Hashed"
+ca-certificates = ["intermediate"]
+tags = { purpose = "keyline demo" }
+
+[[dps.instance.hubs]]
+host-name = "demo-hub-1.azure-devices.net"
+location = "westeurope"
+allocation-weight = 2
+connection-string-parameter = "hub1ConnectionString"
+
+[[dps.instance.hubs]]
+host-name = "demo-hub-2.azure-devices.net"
+location = "northeurope"
+connection-string-parameter = "hub2ConnectionString"
+
+[[dps.groups]]
+name = "demo-line1"
+attestation = "x509-ca"
+initial-twin-tags = { line = "1" }
+TOML
+"$KEYLINE" --state "$STATE" dps infra --format all --out "$DEMO/infra" | sed 's/^/   /'
+SCHEMAS="$(cd "$(dirname "$0")/.." && pwd)/../shared/arm-schemas"
+if [ -d "$SCHEMAS" ] && /usr/bin/python3 -c 'import jsonschema' 2>/dev/null; then
+  /usr/bin/python3 "$(dirname "$0")/../tests/infra/validate_arm.py" "$SCHEMAS" "$DEMO/infra/arm/azuredeploy.json" \
+    | sed 's/^/   ARM template against Microsoft'"'"'s schemas: /'
+fi
+bash -n "$DEMO/infra/enrollment-groups/enrollment-groups.sh" && echo "   enrollment-groups.sh: bash -n ok"
+
+say "9. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
 "$KEYLINE" --state "$STATE" ledger certificates --status revoked
