@@ -225,6 +225,22 @@ TEST(InfraOutput, IsDeterministic) {
   }
 }
 
+TEST(InfraConfig, AMinimalInstanceTakesTheDefaults) {
+  auto c = infra::parse_infra_config("[dps.instance]\nname = \"min-dps\"\nlocation = \"eastus\"\n"
+                                     "ip-filter-rules = []\n", "keyline.toml");
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->instance->sku, "S1");
+  EXPECT_EQ(c->instance->capacity, 1);
+  EXPECT_EQ(c->instance->allocation_policy, infra::AllocationPolicy::hashed);
+  EXPECT_EQ(c->instance->ca_certificates, std::vector<infra::CaRole>{infra::CaRole::intermediate});
+  EXPECT_TRUE(c->instance->hubs.empty());
+  auto wrong = infra::parse_infra_config("[dps.instance]\nname = \"min-dps\"\nlocation = \"eastus\"\n"
+                                         "[dps.instance.hubs]\nhost-name = \"h.example\"\n", "keyline.toml");
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message().find("dps.instance.hubs must be an array of tables ([[dps.instance.hubs]])"),
+            std::string::npos) << wrong.error().message();
+}
+
 // The example in docs/dps-infra.md is a valid configuration.
 TEST(InfraConfig, TheDocumentedExampleParses) {
   std::string doc = testkit::read_file(KEYLINE_DOCS_DIR "/dps-infra.md");

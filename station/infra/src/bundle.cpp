@@ -15,7 +15,7 @@ std::string parameter_hint(const Instance& in, std::string_view style) {
     std::string fetch = "\"$(az iot hub connection-string show --hub-name " +
                         h.host_name.substr(0, h.host_name.find('.')) + " --policy-name iothubowner -o tsv)\"";
     if (style == "az") out += " \\\n    " + h.connection_string_parameter + "=" + fetch;
-    else out += " \\\n    -var " + h.connection_string_parameter + "=" + fetch;
+    else out += "export TF_VAR_" + h.connection_string_parameter + "=" + fetch + "\n";
   }
   return out;
 }
@@ -72,8 +72,9 @@ std::string terraform_readme(const Deployment& d) {
          "keyline sets, so AzAPI is not needed; the provider chooses the ARM api-version itself, so\n"
          "`dps.instance.api-version` affects only the ARM and Bicep outputs.\n\n" +
          certificates_note(d) + "\n" + secrets_note(in) +
-         "\n## Deploy\n\n```sh\nterraform init && terraform apply -var resource_group_name=RG" +
-         parameter_hint(in, "tf") + "\n```\n\nThen create the enrollment groups: see `../enrollment-groups/README.md`.\n";
+         "\n## Deploy\n\nTerraform reads sensitive variables from `TF_VAR_<name>` environment variables, which\n"
+         "keeps the connection strings off the command line:\n\n```sh\n" +
+         parameter_hint(in, "tf") + "terraform init && terraform apply -var resource_group_name=RG\n```\n\nThen create the enrollment groups: see `../enrollment-groups/README.md`.\n";
 }
 
 std::string groups_readme(const Deployment& d) {

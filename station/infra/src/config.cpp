@@ -93,7 +93,7 @@ class Parser {
   Result<std::vector<const toml::table*>> tables(const toml::table& t, const Key& k, std::string_view name) const {
     std::vector<const toml::table*> out;
     const toml::node* n = t.get(name);
-    if (!n) return out;
+    if (!n || (n->is_array() && n->as_array()->empty())) return out;
     if (!n->is_array_of_tables()) return error(k / name, "must be an array of tables ([[" + (k / name).path + "]])");
     for (auto& e : *n->as_array()) out.push_back(e.as_table());
     return out;
