@@ -1,8 +1,6 @@
 // Unit tests of station/infra: config validation, the three emitters from one
 // model, the enrollment groups, determinism, and the ARM template reader.
 
-#include <regex>
-
 #include "infra_support.hpp"
 #include "keyline/core/hex.hpp"
 #include "keyline/station/arm_template.hpp"

@@ -77,7 +77,7 @@ void add_infra_command(CLI::App& dps, Handler& run) {
                   "(default: dps.instance.api-version, else 2022-12-12)");
   cmd->footer("Reads [dps.instance] and [[dps.groups]] of keyline.toml (docs/dps-infra.md) and the CA\n"
               "certificates of the state dir. Connection strings are never read or written: each linked\n"
-              "hub names the secure parameter that carries its connection string at deployment time.");
+              "hub names the secure parameter that carries its connection string at deployment time.\n");
   cmd->callback([&run, o] { run = [o](const Context& c) { return dps_infra(c, *o); }; });
 }
 
