@@ -17,6 +17,19 @@ namespace keyline::cli {
 
 namespace {
 
+// Outbox changes go on the audit trail in the same transaction.
+station::Outbox::Recorder audit_recorder(station::audit::Trail& trail) {
+  return [&trail](const std::string& event, const station::OutboxRow& row, const std::string& detail) -> Status {
+    nlohmann::json body = {{"outbox_id", row.id}, {"registration_id", row.registration_id}, {"kind", row.kind},
+                           {"operation", row.operation}};
+    if (event == "enrollment.failed") body["reason"] = detail;
+    KL_TRY(auto rec, trail.append(event, body));
+    (void)rec;
+    return {};
+  };
+}
+
+
 namespace sd = station::dps;
 using nlohmann::json;
 
@@ -77,8 +90,12 @@ Status apply_common(sd::Enrollment& e, const EnrollmentArgs& a) {
 
 Status queue(const Context& ctx, const std::string& kind, const std::string& op, const std::string& id,
              const json& payload) {
+  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
+  station::audit::Trail trail(ledger, actor, ctx.clock());
   station::Outbox outbox(ledger);
+  outbox.set_recorder(audit_recorder(trail));
   KL_TRY(auto tx, ledger.begin());
   KL_TRY(std::int64_t row, outbox.enqueue(kind, op, id, payload.dump(), ctx.clock().now().time_since_epoch().count()));
   KL_CHECK(tx.commit());
@@ -177,11 +194,14 @@ Status list(const Context& ctx, bool group) {
 
 Status sync(const Context& ctx, const EnrollmentArgs& a) {
   KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   auto ks = ctx.state().open_key_store(config);
   std::unique_ptr<hsm::KeyStore> key_store = ks ? std::move(*ks) : nullptr;
+  station::audit::Trail trail(ledger, actor, ctx.clock());
   sd::EnrollmentSync sync(ledger, *client, ctx.clock(), key_store.get());
+  sync.set_recorder(audit_recorder(trail));
   for (;;) {
     auto report = sync.run_once();
     if (report) {

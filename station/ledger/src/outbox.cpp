@@ -70,7 +70,23 @@ Result<std::int64_t> Outbox::enqueue(const std::string& kind, const std::string&
   bind(s.get(), 5, now);
   bind(s.get(), 6, now);
   KL_CHECK(step_done(db, s.get(), "queue an enrollment"));
-  return sqlite3_last_insert_rowid(db);
+  std::int64_t id = sqlite3_last_insert_rowid(db);
+  KL_CHECK(record("enrollment.queued", id, ""));
+  return id;
+}
+
+Status Outbox::record(const char* event, std::int64_t id, const std::string& detail) {
+  if (!recorder_) return {};
+  sqlite3* db = ledger_.handle();
+  KL_TRY(Stmt s, prepare(db, "SELECT registration_id, kind, operation FROM enrollment_outbox WHERE id = ?"));
+  bind(s.get(), 1, id);
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return std::unexpected(db_error(db, "read back an outbox row"));
+  OutboxRow row;
+  row.id = id;
+  row.registration_id = text(s.get(), 0);
+  row.kind = text(s.get(), 1);
+  row.operation = text(s.get(), 2);
+  return recorder_(event, row, detail);
 }
 
 Result<std::vector<OutboxRow>> Outbox::pending(std::int64_t after_id, std::size_t limit) {
@@ -94,7 +110,8 @@ Status Outbox::mark_synced(std::int64_t id, const std::string& etag, std::int64_
   bind(s.get(), 1, etag);
   bind(s.get(), 2, now);
   bind(s.get(), 3, id);
-  return step_done(db, s.get(), "mark an enrollment synced");
+  KL_CHECK(step_done(db, s.get(), "mark an enrollment synced"));
+  return record("enrollment.synced", id, etag);
 }
 
 Status Outbox::mark_dead(std::int64_t id, const std::string& reason, std::int64_t now) {
@@ -104,7 +121,8 @@ Status Outbox::mark_dead(std::int64_t id, const std::string& reason, std::int64_
   bind(s.get(), 1, reason);
   bind(s.get(), 2, now);
   bind(s.get(), 3, id);
-  return step_done(db, s.get(), "mark an enrollment dead");
+  KL_CHECK(step_done(db, s.get(), "mark an enrollment dead"));
+  return record("enrollment.failed", id, reason);
 }
 
 Status Outbox::mark_retry(std::int64_t id, const std::string& error, std::int64_t now) {

@@ -5,6 +5,7 @@
 // its reason). Payloads never hold a secret (see ledger.cpp migration 4).
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,6 +33,12 @@ class Outbox {
  public:
   explicit Outbox(Ledger& ledger) : ledger_(ledger) {}
 
+  // Called inside the same transaction for "enrollment.queued",
+  // "enrollment.synced" and "enrollment.failed" (the audit trail); a failure
+  // fails the change. Transient retries are not reported.
+  using Recorder = std::function<Status(const std::string& event, const OutboxRow& row, const std::string& detail)>;
+  void set_recorder(Recorder r) { recorder_ = std::move(r); }
+
   // Queues one operation; call inside a transaction to tie it to other changes.
   Result<std::int64_t> enqueue(const std::string& kind, const std::string& operation,
                                const std::string& registration_id, const std::string& payload,
@@ -46,7 +53,9 @@ class Outbox {
   Result<std::optional<OutboxRow>> latest(const std::string& kind, const std::string& registration_id);
 
  private:
+  Status record(const char* event, std::int64_t id, const std::string& detail);
   Ledger& ledger_;
+  Recorder recorder_;
 };
 
 }  // namespace keyline::station

@@ -64,6 +64,8 @@ class EnrollmentSync {
   // pending (counted in `retry`); an unreachable DPS ends the pass with the
   // transport error after recording it on the rows.
   Result<SyncReport> run_once();
+  // The audit trail's hook (see Outbox::set_recorder).
+  void set_recorder(Outbox::Recorder r) { outbox_.set_recorder(std::move(r)); }
 
  private:
   Status process(std::vector<OutboxRow>& batch, SyncReport& report);
