@@ -157,4 +157,10 @@ TEST(DpsCli, OfflineThenCatchUpAndDeadLetters) {
   auto text = s.kl({"dps", "status"});
   EXPECT_NE(text.out.find("0 pending, 1 synced, 1 dead"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("dead: individual create 'off-2'"), std::string::npos) << text.out;
+  // Each outbox change is on the audit trail.
+  auto audit = tk::run({"/usr/bin/sqlite3", (s.state / "ledger.db").string(),
+                        "SELECT type || ' ' || json_extract(body, '$.registration_id') FROM audit_events "
+                        "WHERE type LIKE 'enrollment.%' ORDER BY seq"});
+  EXPECT_EQ(audit.out, "enrollment.queued off-1\nenrollment.queued off-2\nenrollment.failed off-2\n"
+                       "enrollment.synced off-1\n");
 }
