@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "app.hpp"
+#include "provision_support.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/core/log.hpp"
 
@@ -92,6 +93,8 @@ int main(int argc, char** argv) {
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
   cli::add_audit_commands(app, run);
+  cli::add_device_commands(app, run);
+  cli::add_line_commands(app, run);
 
   try {
     app.parse(argc, argv);
