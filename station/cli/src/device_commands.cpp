@@ -24,6 +24,8 @@ void add_provision_overrides(CLI::App* cmd, ProvisionOverrides& o) {
   cmd->add_option("--id-scope", o.id_scope, "DPS ID scope written to the device (default: [provision] id_scope)");
   cmd->add_option("--timeout-ms", o.timeout_ms, "Per-request timeout (default: [provision] timeout_ms)")
       ->check(CLI::Range(10, 600000));
+  cmd->add_option("--keygen-timeout-ms", o.keygen_timeout_ms, "KEYGEN timeout per attempt (default: 15000)")
+      ->check(CLI::Range(10, 600000));
   cmd->add_option("--baud", o.baud, "Serial baud rate (default: [provision] baud)")->check(CLI::Range(1200, 4000000));
 }
 
@@ -41,33 +43,39 @@ Result<std::shared_ptr<hsm::SecretKey>> secret_ref(hsm::KeyStore& store, const s
 
 }  // namespace
 
+Result<prov::JobSettings> settings_for(ProvisionEnv& env, const ProvisionOverrides& o) {
+  const auto& pc = env.config.provision;
+  prov::JobSettings s;
+  KL_TRY(s.mode, prov::parse_mode(o.mode.empty() ? pc.mode : o.mode));
+  s.registration_id_template = o.registration_id_template.empty() ? pc.registration_id_template
+                                                                  : o.registration_id_template;
+  s.id_scope = o.id_scope.empty() ? pc.id_scope : o.id_scope;
+  s.global_endpoint = pc.global_endpoint;
+  if (prov::is_x509(s.mode)) {
+    KL_TRY(s.profile, station::find_profile(env.config, o.profile.empty() ? pc.profile : o.profile));
+  } else if (s.mode == prov::Mode::symmetric_group || s.mode == prov::Mode::symmetric_individual) {
+    bool group = s.mode == prov::Mode::symmetric_group;
+    s.derivation_key_ref = group ? pc.group_key : pc.individual_key;
+    KL_TRY(s.derivation_key, secret_ref(*env.ca.key_store, s.derivation_key_ref,
+                                        group ? "[provision] group_key" : "[provision] individual_key"));
+  }
+  return s;
+}
+
 Result<std::unique_ptr<ProvisionEnv>> open_provision_env(const Context& ctx, const ProvisionOverrides& o) {
   KL_CHECK(ctx.state().require_initialised());
   auto env = std::make_unique<ProvisionEnv>();
   KL_TRY(env->config, ctx.state().load_config());
   const auto& pc = env->config.provision;
   KL_TRY(env->actor, ctx.actor(env->config));
-  KL_TRY(prov::Mode mode, prov::parse_mode(o.mode.empty() ? pc.mode : o.mode));
-  auto& s = env->settings;
-  s.mode = mode;
-  s.registration_id_template = o.registration_id_template.empty() ? pc.registration_id_template
-                                                                  : o.registration_id_template;
-  s.id_scope = o.id_scope.empty() ? pc.id_scope : o.id_scope;
-  s.global_endpoint = pc.global_endpoint;
   KL_TRY(station::Ledger ledger, ctx.state().open_ledger());
   env->ledger = std::make_unique<station::Ledger>(std::move(ledger));
   KL_TRY(env->ca, ctx.state().open_authority(env->config, ctx.clock(), ctx.rng()));
-  if (prov::is_x509(mode)) {
-    KL_TRY(s.profile, station::find_profile(env->config, o.profile.empty() ? pc.profile : o.profile));
-  } else if (mode == prov::Mode::symmetric_group || mode == prov::Mode::symmetric_individual) {
-    bool group = mode == prov::Mode::symmetric_group;
-    s.derivation_key_ref = group ? pc.group_key : pc.individual_key;
-    KL_TRY(s.derivation_key, secret_ref(*env->ca.key_store, s.derivation_key_ref,
-                                        group ? "[provision] group_key" : "[provision] individual_key"));
-  }
+  KL_TRY(env->settings, settings_for(*env, o));
   env->baud = o.baud ? o.baud : pc.baud;
   env->session.timeout = std::chrono::milliseconds(o.timeout_ms ? o.timeout_ms : pc.timeout_ms);
   env->session.baud = env->baud;
+  if (o.keygen_timeout_ms) env->session.keygen_timeout = std::chrono::milliseconds(o.keygen_timeout_ms);
   return env;
 }
 

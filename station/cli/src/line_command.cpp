@@ -67,13 +67,13 @@ struct Tally {
 void sleep_a_bit() { std::this_thread::sleep_for(std::chrono::milliseconds(100)); }
 
 // Provisions the device on `l`; updates the board and the tally.
-void provision_one(const Context& ctx, ProvisionEnv& env, link::Link& l, Board& board, std::size_t i,
+void provision_one(const Context& ctx, ProvisionEnv& env, const prov::JobSettings& settings, link::Link& l, Board& board, std::size_t i,
                    const std::string& name, Tally& tally) {
   prov::DeviceSession session(l, env.session);
   auto jc = job_context(ctx, env);
   jc.on_step = [&](std::string_view step) { board.set(i, "step " + std::string(step)); };
   jc.should_stop = [] { return g_stop.load(); };
-  prov::ProvisioningJob job(session, env.settings, jc);
+  prov::ProvisioningJob job(session, settings, jc);
   auto r = job.run();
   std::lock_guard lock(tally.m);
   if (r) {
@@ -89,7 +89,7 @@ void provision_one(const Context& ctx, ProvisionEnv& env, link::Link& l, Board& 
   }
 }
 
-void serial_worker(const Context& ctx, ProvisionEnv& env, const std::string& port, bool once, Board& board,
+void serial_worker(const Context& ctx, ProvisionEnv& env, const prov::JobSettings& settings, const std::string& port, bool once, Board& board,
                    std::size_t i, Tally& tally) {
   namespace fs = std::filesystem;
   while (!g_stop) {
@@ -115,7 +115,7 @@ void serial_worker(const Context& ctx, ProvisionEnv& env, const std::string& por
       std::this_thread::sleep_for(std::chrono::seconds(1));
       continue;
     }
-    provision_one(ctx, env, **l, board, i, port, tally);
+    provision_one(ctx, env, settings, **l, board, i, port, tally);
     (*l)->close();
     if (once) return;
     // Wait until this device goes away before looking for the next one.
@@ -168,7 +168,7 @@ void usb_worker(const Context& ctx, ProvisionEnv& env, const std::string& spec, 
       tally.results.push_back({{"port", spec}, {"state", "failed"}, {"error", l.error().message()}});
       ++tally.failed;
     } else {
-      provision_one(ctx, env, **l, board, i, spec, tally);
+      provision_one(ctx, env, env.settings, **l, board, i, spec, tally);
       (*l)->close();
     }
     if (once) return;
@@ -187,13 +187,25 @@ Status line_run(const Context& ctx, const std::vector<std::string>& ports, const
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 
-  std::vector<std::string> names = ports;
+  // --port PATH[,mode=M]: a port whose devices get another mode.
+  std::vector<std::string> paths;
+  std::vector<prov::JobSettings> settings;
+  for (const auto& spec : ports) {
+    ProvisionOverrides po = o;
+    auto comma = spec.find(",mode=");
+    paths.push_back(spec.substr(0, comma));
+    if (comma != std::string::npos) po.mode = spec.substr(comma + 6);
+    auto s = settings_for(*env, po);
+    if (!s) return std::unexpected(s.error().with_context("--port " + spec));
+    settings.push_back(std::move(*s));
+  }
+  std::vector<std::string> names = paths;
   for (auto& u : usbs) names.push_back("usb " + u);
   Board board(names, isatty(STDOUT_FILENO) == 1 && !ctx.json(), ctx.json());
   Tally tally;
   std::vector<std::jthread> workers;
   for (std::size_t i = 0; i < ports.size(); ++i)
-    workers.emplace_back([&, i] { serial_worker(ctx, *env, ports[i], once, board, i, tally); });
+    workers.emplace_back([&, i] { serial_worker(ctx, *env, settings[i], paths[i], once, board, i, tally); });
   for (std::size_t k = 0; k < usbs.size(); ++k)
     workers.emplace_back([&, k] { usb_worker(ctx, *env, usbs[k], once, board, ports.size() + k, tally); });
   for (auto& w : workers) w.join();
@@ -223,7 +235,7 @@ void add_line_commands(CLI::App& app, Handler& run) {
   auto usbs = std::make_shared<std::vector<std::string>>();
   auto once = std::make_shared<bool>(false);
   auto o = std::make_shared<ProvisionOverrides>();
-  r->add_option("--port", *ports, "Serial port to watch (repeatable)");
+  r->add_option("--port", *ports, "Serial port to watch, PATH[,mode=MODE] (repeatable)");
   r->add_option("--usb", *usbs, "USB VID:PID[:SERIAL] to watch (repeatable)");
   r->add_flag("--once", *once, "Exit after each port handled one device");
   add_provision_overrides(r, *o);

@@ -19,6 +19,7 @@ struct ProvisionOverrides {
   std::string registration_id_template;
   std::string id_scope;
   std::int64_t timeout_ms = 0;
+  std::int64_t keygen_timeout_ms = 0;
   unsigned baud = 0;
 };
 
@@ -38,6 +39,8 @@ struct ProvisionEnv {
 };
 
 Result<std::unique_ptr<ProvisionEnv>> open_provision_env(const Context& ctx, const ProvisionOverrides& o);
+// The job settings for one port: [provision] with overrides `o`.
+Result<station::provision::JobSettings> settings_for(ProvisionEnv& env, const ProvisionOverrides& o);
 station::provision::JobContext job_context(const Context& ctx, ProvisionEnv& env);
 nlohmann::json result_json(const station::provision::JobResult& r);
 std::string result_line(const station::provision::JobResult& r);
