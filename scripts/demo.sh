@@ -97,7 +97,41 @@ fi
 "$KEYLINE" --state "$STATE" report devices --format csv --out "$DEMO/devices.csv" 2>/dev/null
 echo "   device report: $(($(wc -l < "$DEMO/devices.csv") - 1)) devices in $DEMO/devices.csv"
 
-say "9. Summary"
+say "9. The DPS instance as code: ARM, Bicep, Terraform and enrollment groups from keyline.toml"
+cat >> "$STATE/keyline.toml" <<'TOML'
+
+[dps.instance]
+name = "keyline-demo-dps"
+location = "westeurope"
+allocation-policy = "Hashed"
+ca-certificates = ["intermediate"]
+tags = { purpose = "keyline demo" }
+
+[[dps.instance.hubs]]
+host-name = "demo-hub-1.azure-devices.net"
+location = "westeurope"
+allocation-weight = 2
+connection-string-parameter = "hub1ConnectionString"
+
+[[dps.instance.hubs]]
+host-name = "demo-hub-2.azure-devices.net"
+location = "northeurope"
+connection-string-parameter = "hub2ConnectionString"
+
+[[dps.groups]]
+name = "demo-line1"
+attestation = "x509-ca"
+initial-twin-tags = { line = "1" }
+TOML
+"$KEYLINE" --state "$STATE" dps infra --format all --out "$DEMO/infra" | sed 's/^/   /'
+SCHEMAS="$(cd "$(dirname "$0")/.." && pwd)/../shared/arm-schemas"
+if [ -d "$SCHEMAS" ] && /usr/bin/python3 -c 'import jsonschema' 2>/dev/null; then
+  /usr/bin/python3 "$(dirname "$0")/../tests/infra/validate_arm.py" "$SCHEMAS" "$DEMO/infra/arm/azuredeploy.json" \
+    | sed 's/^/   ARM template against Microsoft'"'"'s schemas: /'
+fi
+bash -n "$DEMO/infra/enrollment-groups/enrollment-groups.sh" && echo "   enrollment-groups.sh: bash -n ok"
+
+say "10. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
 "$KEYLINE" --state "$STATE" ledger certificates --status revoked

@@ -85,6 +85,20 @@ TEST_P(EveryMode, ProvisionsRecordsAndLocks) {
     EXPECT_EQ(r.out.find(expected.substr(0, 16)), std::string::npos);
   }
 
+  // The DPS enrollment the device needs is queued (no key in it).
+  std::string payload = scalar(state, "SELECT payload FROM enrollment_outbox WHERE registration_id = 'gauge-sn-m1'");
+  if (mode == "symmetric-group") {
+    EXPECT_EQ(scalar(state, "SELECT count(*) FROM enrollment_outbox"), "0");
+  } else {
+    EXPECT_EQ(scalar(state, "SELECT kind || ',' || operation || ',' || state FROM enrollment_outbox"),
+              "individual,create,pending");
+    auto e = nlohmann::json::parse(payload);
+    if (GetParam().x509)
+      EXPECT_TRUE(e["attestation"]["x509"]["clientCertificates"].contains("primary")) << payload;
+    else
+      EXPECT_EQ(e["attestation"]["symmetricKey"]["keySource"], "hsm:master-1") << payload;
+  }
+
   // Plugged in again: already done, nothing issued twice.
   auto again = provision(state, sim.port(), {"--mode", GetParam().mode});
   ASSERT_EQ(again.exit_code, 0) << again.err;
@@ -115,6 +129,22 @@ TEST(Provision, TpmDeviceRecordsItsEndorsementKey) {
   EXPECT_NE(scalar(state, "SELECT endorsement_key FROM devices"), "");
   EXPECT_EQ(scalar(state, "SELECT count(*) FROM provisioning_steps WHERE step = 'get_ek' AND outcome = 'ok'"), "1");
   EXPECT_TRUE(show(dir / "d.json")["locked"].get<bool>());
+  auto e = nlohmann::json::parse(scalar(state, "SELECT payload FROM enrollment_outbox"));
+  EXPECT_EQ(e["attestation"]["type"], "tpm");
+  EXPECT_EQ(e["attestation"]["tpm"]["endorsementKey"], scalar(state, "SELECT endorsement_key FROM devices"));
+}
+
+TEST(Provision, AGroupEnrollmentCoversX509DevicesSoNoneIsQueued) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_station(state);
+  keyline::testkit::write_file(state / "keyline.toml",
+                               keyline::testkit::read_file(state / "keyline.toml") + "enrollment = \"group\"\n");
+  auto sim = Devsim::pty(dir / "d.json", {"--serial-number", "SN-G", "--model", "M"});
+  auto r = provision(state, sim.port());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(scalar(state, "SELECT count(*) FROM enrollment_outbox"), "0");
+  EXPECT_EQ(scalar(state, "SELECT count(*) FROM certificates"), "1");
 }
 
 TEST(Provision, TpmModeOnADeviceWithoutTpmFailsAndIsRecorded) {

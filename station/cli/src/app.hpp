@@ -82,6 +82,9 @@ Status checkpoint_if_due(const Context& ctx, const station::Config& config, hsm:
 
 // The audit body of a "certificate.issued" record (no secrets: fingerprints only).
 nlohmann::json issued_body(const station::CertificateRecord& r, const std::string& superseded);
+void add_dps_commands(CLI::App& app, Handler& run);
+// `keyline dps infra`, added to the `dps` command group.
+void add_infra_command(CLI::App& dps, Handler& run);
 
 // Reads a whole input file for a command; "-" is standard input.
 Result<std::string> read_input(const std::string& path, std::size_t max_bytes, const char* what);

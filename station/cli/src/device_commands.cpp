@@ -51,6 +51,10 @@ Result<prov::JobSettings> settings_for(ProvisionEnv& env, const ProvisionOverrid
                                                                   : o.registration_id_template;
   s.id_scope = o.id_scope.empty() ? pc.id_scope : o.id_scope;
   s.global_endpoint = pc.global_endpoint;
+  // [dps] id-scope / global-endpoint when [provision] does not set them.
+  if (s.id_scope.empty()) s.id_scope = env.config.dps.id_scope;
+  if (pc.global_endpoint == station::ProvisionConfig{}.global_endpoint) s.global_endpoint = env.config.dps.global_endpoint;
+  s.group_enrollment = pc.enrollment == "group";
   if (prov::is_x509(s.mode)) {
     KL_TRY(s.profile, station::find_profile(env.config, o.profile.empty() ? pc.profile : o.profile));
   } else if (s.mode == prov::Mode::symmetric_group || s.mode == prov::Mode::symmetric_individual) {

@@ -93,6 +93,15 @@ int main(int argc, char** argv) {
   cli::add_ledger_commands(app, run);
   cli::add_hsm_commands(app, run);
   cli::add_audit_commands(app, run);
+  cli::add_dps_commands(app, run);
+  // `dps infra` joins the dps command group (created by add_dps_commands).
+  CLI::App* dps = nullptr;
+  for (CLI::App* s : app.get_subcommands([](const CLI::App* a) { return a->get_name() == "dps"; })) dps = s;
+  if (!dps) {
+    dps = app.add_subcommand("dps", "Device Provisioning Service: infrastructure and enrollments");
+    dps->require_subcommand(1);
+  }
+  cli::add_infra_command(*dps, run);
   cli::add_device_commands(app, run);
   cli::add_line_commands(app, run);
 

@@ -94,7 +94,29 @@ constexpr const char* kMigrations[] = {
     ALTER TABLE certificates ADD COLUMN operator TEXT;
     ALTER TABLE certificates ADD COLUMN device_serial TEXT;
     )sql",
-    // ---- 5: provisioning (station/provision) -- BEGIN ----
+    // 5: ---- DPS enrollment outbox (station/ledger/src/outbox.cpp) -- begin ----
+    // Enrollments waiting to reach DPS. `payload` is the enrollment JSON
+    // without secrets: a symmetric key appears only as a key-source
+    // reference (attestation.symmetricKey.keySource), resolved at sync time.
+    R"sql(
+    CREATE TABLE enrollment_outbox (
+      id INTEGER PRIMARY KEY,
+      registration_id TEXT NOT NULL,
+      kind TEXT NOT NULL CHECK (kind IN ('individual', 'group')),
+      operation TEXT NOT NULL CHECK (operation IN ('create', 'delete')),
+      payload TEXT NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('pending', 'synced', 'dead')),
+      attempts INTEGER NOT NULL DEFAULT 0,
+      last_error TEXT,
+      etag TEXT,
+      created_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX enrollment_outbox_pending ON enrollment_outbox (id) WHERE state = 'pending';
+    CREATE INDEX enrollment_outbox_by_registration_id ON enrollment_outbox (registration_id);
+    )sql",
+    // ---- DPS enrollment outbox -- end ----
+    // 6: ---- provisioning (station/provision) -- BEGIN ----
     // One row per device (its hardware identity is unique), one row per step
     // attempt. Keys appear only as fingerprints; certificates stay in
     // `certificates` (device_serial, operator).
@@ -128,7 +150,7 @@ constexpr const char* kMigrations[] = {
     ) STRICT;
     CREATE INDEX provisioning_steps_by_device ON provisioning_steps (device_id, id);
     )sql",
-    // ---- 5: provisioning -- END ----
+    // ---- provisioning -- END ----
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 

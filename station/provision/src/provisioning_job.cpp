@@ -10,6 +10,9 @@
 #include "keyline/core/log.hpp"
 #include "keyline/core/secret.hpp"
 #include "keyline/station/devices.hpp"
+#include "keyline/station/dps/models.hpp"
+#include "keyline/station/dps/sync.hpp"
+#include "keyline/station/outbox.hpp"
 
 namespace keyline::station::provision {
 
@@ -377,7 +380,26 @@ Status ProvisioningJob::run_steps(State& st) {
   st.device.locked = true;
   st.device.state = "done";
   st.result.state = "done";
-  KL_CHECK(record(st, "lock", "ok", "provisioning closed"));
+  // The DPS enrollment this device needs, queued with its final step.
+  std::optional<nlohmann::json> enrollment;
+  if (is_x509(mode) && !settings_.group_enrollment) {
+    const unsigned char* p = st.cert->der.data();
+    X509Ptr leaf(d2i_X509(nullptr, &p, static_cast<long>(st.cert->der.size())));
+    enrollment = dps::Enrollment::individual(regid->str()).x509_client_certificates(to_pem(leaf.get())).json();
+  } else if (mode == Mode::symmetric_individual) {
+    enrollment = dps::with_key_source(dps::Enrollment::individual(regid->str()).json(), settings_.derivation_key_ref);
+  } else if (mode == Mode::tpm) {
+    enrollment = dps::Enrollment::individual(regid->str()).tpm(st.device.endorsement_key).json();
+  }
+  std::string detail = enrollment ? "provisioning closed; DPS individual enrollment queued"
+                                  : "provisioning closed; covered by a DPS enrollment group";
+  KL_CHECK(record(st, "lock", "ok", detail, [&]() -> Status {
+    if (!enrollment) return {};
+    Outbox outbox(ctx_.ledger);
+    KL_TRY(auto id, outbox.enqueue("individual", "create", regid->str(), enrollment->dump(), epoch(ctx_.clock.now())));
+    (void)id;
+    return {};
+  }));
 #undef KL_STEP
 #undef KL_STEP_CHECK
   return {};

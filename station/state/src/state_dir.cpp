@@ -130,6 +130,34 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
   KL_CHECK(str("root_key", c.ca.root_key));
   KL_CHECK(str("intermediate_key", c.ca.intermediate_key));
   KL_CHECK(parse_audit(t, source, c.audit));
+  if (auto dps = t["dps"].as_table()) {
+    for (auto&& [k, v] : *dps) {
+      std::string key(k.str());
+      if (v.is_table() || v.is_array_of_tables()) continue;  // dps.instance, dps.groups: other parts
+      std::string where = std::string(source) + ": [dps] " + key;
+      if (key == "quota-per-minute") {
+        auto q = v.value<double>();
+        if (!q || *q <= 0) return fail(Domain::input, where + " must be a positive number (operations per minute)");
+        c.dps.quota_per_minute = *q;
+        continue;
+      }
+      std::string* out = key == "connection-string-source" ? &c.dps.connection_string_source
+                         : key == "id-scope"                ? &c.dps.id_scope
+                         : key == "global-endpoint"         ? &c.dps.global_endpoint
+                         : key == "ca-file"                 ? &c.dps.ca_file
+                                                            : nullptr;
+      if (!out)
+        return fail(Domain::input, where + ": unknown key (known: connection-string-source, id-scope, "
+                                           "global-endpoint, ca-file, quota-per-minute)");
+      auto sv = v.value<std::string>();
+      if (!sv || sv->empty()) return fail(Domain::input, where + " must be a non-empty string");
+      *out = *sv;
+    }
+    if (!c.dps.connection_string_source.empty() && !c.dps.connection_string_source.starts_with("file:") &&
+        !c.dps.connection_string_source.starts_with("env:"))
+      return fail(Domain::input, std::string(source) + ": [dps] connection-string-source must be file:PATH or env:VAR "
+                                                       "(never the connection string itself)");
+  }
   KL_CHECK(parse_provision(t, source, c.provision));
   KL_TRY(c.profiles, ca::parse_profiles(text, source));
   return c;

@@ -11,7 +11,11 @@
 //     tpm                  GET_EK (recorded for a TPM individual enrollment)
 //   -> WRITE cert_chain (x509) -> WRITE dps_settings (when an ID scope is set)
 //   -> READ_HASH of every slot written -> CHALLENGE (x509: the device signs a
-//   station nonce; checked against the certificate's key) -> LOCK.
+//   station nonce; checked against the certificate's key) -> LOCK, and in the
+//   same transaction the DPS enrollment the device needs is queued in the
+//   enrollment outbox: x509 individual (the leaf as client certificate)
+//   unless a group enrollment covers the device, symmetric-individual with
+//   keySource "hsm:LABEL" (never the key), tpm with the endorsement key.
 //
 // Both symmetric modes compute the key inside the key store
 // (hsm::SecretKey::hmac_sha256): no device key is stored anywhere, and the
@@ -67,6 +71,9 @@ struct JobSettings {
   std::string derivation_key_ref;
   std::string id_scope;  // empty: no DPS settings written
   std::string global_endpoint;
+  // x509 modes: true when a DPS enrollment group covers the devices (no
+  // individual enrollment is queued); symmetric-group never queues one.
+  bool group_enrollment = false;
 };
 
 struct JobContext {

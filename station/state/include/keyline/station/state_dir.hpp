@@ -43,6 +43,15 @@ struct AuditConfig {
   std::string key = "keyline-audit";        // label of the audit signing key in the CA key store
 };
 
+// [dps] in keyline.toml (scalar keys only; sub-tables belong to other parts).
+struct DpsConfig {
+  std::string connection_string_source;  // file:PATH or env:VAR
+  std::string id_scope;
+  std::string global_endpoint = "global.azure-devices-provisioning.net";
+  std::string ca_file;                   // extra trust anchors (the emulator's CA)
+  double quota_per_minute = 1000;        // the DPS unit quota (operations/minute)
+};
+
 // [provision]: how devices on the line are provisioned (README "Provisioning
 // and the line"); every key can be overridden per command.
 struct ProvisionConfig {
@@ -62,6 +71,7 @@ struct Config {
   std::string station_id = "station-1";
   CaConfig ca;
   AuditConfig audit;
+  DpsConfig dps;
   ProvisionConfig provision;
   std::map<std::string, ca::Profile> profiles;
   fs::path source;  // where it was read from

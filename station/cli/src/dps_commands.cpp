@@ -1,0 +1,337 @@
+// keyline dps ...: enrollments in Azure IoT Hub DPS (or the emulator).
+// Changes are queued in the ledger's enrollment outbox and reach DPS through
+// `keyline dps sync`; reads (show, list, registration) go to DPS directly.
+
+#include <chrono>
+#include <iomanip>
+#include <thread>
+
+#include "app.hpp"
+#include "keyline/core/files.hpp"
+#include "keyline/core/hex.hpp"
+#include "keyline/station/dps/client.hpp"
+#include "keyline/station/dps/sync.hpp"
+#include "keyline/station/outbox.hpp"
+
+namespace keyline::cli {
+
+namespace {
+
+namespace sd = station::dps;
+using nlohmann::json;
+
+struct EnrollmentArgs {
+  std::string id;
+  std::string certificate;
+  std::string key_source;
+  std::string tpm_ek;
+  std::string x509_ca;
+  std::string device_id;
+  std::string profile = "device";
+  std::string allocation_policy;
+  std::string webhook;
+  std::vector<std::string> hubs;
+  std::string initial_twin;
+  bool edge = false;
+  std::string provisioning_status = "enabled";
+  bool once = false;
+  int interval_s = 10;
+  std::string group_key_source;
+};
+
+Result<std::unique_ptr<sd::DpsClient>> open_client(const Context& ctx, const station::Config& config) {
+  if (config.dps.connection_string_source.empty())
+    return fail(Domain::usage, "no DPS connection string source: set [dps] connection-string-source = \"file:PATH\" "
+                               "or \"env:VAR\" in " + config.source.string());
+  KL_TRY(auto cs, sd::load_connection_string(config.dps.connection_string_source));
+  sd::ClientOptions o;
+  o.http.ca_file = config.dps.ca_file;
+  o.quota_per_minute = config.dps.quota_per_minute;
+  return std::make_unique<sd::DpsClient>(std::move(cs), ctx.clock(), o);
+}
+
+sd::EnrollmentKind kind_of(bool group) { return group ? sd::EnrollmentKind::group : sd::EnrollmentKind::individual; }
+
+Status apply_common(sd::Enrollment& e, const EnrollmentArgs& a) {
+  if (!a.allocation_policy.empty()) {
+    if (a.allocation_policy != "hashed" && a.allocation_policy != "geoLatency" && a.allocation_policy != "static" &&
+        a.allocation_policy != "custom")
+      return fail(Domain::usage, "--allocation-policy must be hashed, geoLatency, static or custom");
+    if (a.allocation_policy == "custom" && a.webhook.empty())
+      return fail(Domain::usage, "--allocation-policy custom needs --webhook-url");
+    e.allocation_policy(a.allocation_policy, a.webhook);
+  }
+  if (!a.hubs.empty()) e.iot_hubs(a.hubs);
+  if (!a.initial_twin.empty()) {
+    KL_TRY(std::string text, read_input(a.initial_twin, 1 << 20, "--initial-twin"));
+    json twin = json::parse(text, nullptr, false);
+    if (!twin.is_object()) return fail(Domain::input, a.initial_twin + ": the initial twin is not a JSON object");
+    e.initial_twin(twin);
+  }
+  if (a.edge) e.iot_edge(true);
+  if (a.provisioning_status != "enabled" && a.provisioning_status != "disabled")
+    return fail(Domain::usage, "--provisioning-status must be enabled or disabled");
+  e.provisioning_status(a.provisioning_status == "enabled");
+  return {};
+}
+
+Status queue(const Context& ctx, const std::string& kind, const std::string& op, const std::string& id,
+             const json& payload) {
+  KL_TRY(auto ledger, ctx.state().open_ledger());
+  station::Outbox outbox(ledger);
+  KL_TRY(auto tx, ledger.begin());
+  KL_TRY(std::int64_t row, outbox.enqueue(kind, op, id, payload.dump(), ctx.clock().now().time_since_epoch().count()));
+  KL_CHECK(tx.commit());
+  ctx.print({{"queued", {{"id", row}, {"kind", kind}, {"operation", op}, {"registration_id", id}}}},
+            [&](std::ostream& os) {
+              os << "queued " << kind << " enrollment " << op << " for '" << id << "' (outbox row " << row
+                 << "); run 'keyline dps sync' to send it\n";
+            });
+  return {};
+}
+
+Status enrollment_create(const Context& ctx, const EnrollmentArgs& a) {
+  KL_TRY(auto regid, ca::RegistrationId::parse(a.id));
+  auto e = sd::Enrollment::individual(regid.str());
+  int chosen = !a.certificate.empty() + !a.key_source.empty() + !a.tpm_ek.empty();
+  if (chosen > 1) return fail(Domain::usage, "give at most one of --certificate, --symmetric-key-source, --tpm-ek");
+  json payload;
+  if (!a.certificate.empty()) {
+    KL_TRY(std::string pem, read_input(a.certificate, 1 << 20, "--certificate"));
+    KL_TRY(auto cert, x509_from_pem(pem, a.certificate));
+    e.x509_client_certificates(to_pem(cert.get()));
+  } else if (!a.tpm_ek.empty()) {
+    KL_TRY(std::string ek, read_input(a.tpm_ek, 1 << 16, "--tpm-ek"));
+    while (!ek.empty() && (ek.back() == '\n' || ek.back() == '\r')) ek.pop_back();
+    auto ek_bytes = base64_decode(ek);
+    if (!ek_bytes || ek_bytes->empty())
+      return fail(Domain::input, a.tpm_ek + ": the endorsement key must be non-empty base64 (TPM2B_PUBLIC of the EK)");
+    e.tpm(ek);
+  } else if (a.key_source.empty()) {
+    KL_TRY(auto ledger, ctx.state().open_ledger());
+    KL_TRY(auto rec, ledger.active_certificate(regid.str(), a.profile));
+    if (!rec)
+      return fail(Domain::input, "no active '" + a.profile + "' certificate for '" + regid.str() +
+                                     "' in the ledger; issue one first or give --certificate / --symmetric-key-source / --tpm-ek");
+    KL_TRY(auto cert, x509_from_der(rec->der));
+    e.x509_client_certificates(to_pem(cert.get()));
+  }
+  if (!a.device_id.empty()) e.device_id(a.device_id);
+  KL_CHECK(apply_common(e, a));
+  payload = e.json();
+  if (!a.key_source.empty()) {
+    if (!a.key_source.starts_with("hsm:") && !a.key_source.starts_with("file:"))
+      return fail(Domain::usage, "--symmetric-key-source must be hsm:LABEL or file:PATH");
+    payload = sd::with_key_source(payload, a.key_source);
+  }
+  return queue(ctx, "individual", "create", regid.str(), payload);
+}
+
+Status group_create(const Context& ctx, const EnrollmentArgs& a) {
+  KL_TRY(auto gid, ca::RegistrationId::parse(a.id));
+  auto e = sd::Enrollment::group(gid.str());
+  if (a.x509_ca.empty() == a.key_source.empty())
+    return fail(Domain::usage, "give exactly one of --x509-ca intermediate|root and --symmetric-key-source");
+  json payload;
+  if (!a.x509_ca.empty()) {
+    if (a.x509_ca != "intermediate" && a.x509_ca != "root") return fail(Domain::usage, "--x509-ca must be intermediate or root");
+    KL_CHECK(ctx.state().require_initialised());
+    auto path = a.x509_ca == "root" ? ctx.state().root_cert_path() : ctx.state().intermediate_cert_path();
+    KL_TRY(std::string pem, files::read(path, 1 << 20));
+    e.x509_signing_certificates(pem);
+  }
+  KL_CHECK(apply_common(e, a));
+  payload = e.json();
+  if (!a.key_source.empty()) {
+    if (!a.key_source.starts_with("hsm:") && !a.key_source.starts_with("file:"))
+      return fail(Domain::usage, "--symmetric-key-source must be hsm:LABEL or file:PATH");
+    payload = sd::with_key_source(payload, a.key_source);
+  }
+  return queue(ctx, "group", "create", gid.str(), payload);
+}
+
+Status show(const Context& ctx, bool group, const std::string& id) {
+  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto client, open_client(ctx, config));
+  KL_TRY(auto e, client->get(kind_of(group), id));
+  json doc = e.redacted();
+  doc["etag"] = e.etag();
+  std::cout << doc.dump(2) << "\n";
+  return {};
+}
+
+Status list(const Context& ctx, bool group) {
+  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto client, open_client(ctx, config));
+  KL_TRY(auto all, client->query_all(kind_of(group)));
+  if (ctx.json()) {
+    std::cout << json{{group ? "enrollment_groups" : "enrollments", all}}.dump(2) << "\n";
+    return {};
+  }
+  for (auto& e : all)
+    std::cout << e.value(group ? "enrollmentGroupId" : "registrationId", "") << "  "
+              << e["attestation"].value("type", "") << "  " << e.value("provisioningStatus", "enabled") << "\n";
+  std::cout << all.size() << (group ? " enrollment group(s)\n" : " enrollment(s)\n");
+  return {};
+}
+
+Status sync(const Context& ctx, const EnrollmentArgs& a) {
+  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto client, open_client(ctx, config));
+  KL_TRY(auto ledger, ctx.state().open_ledger());
+  auto ks = ctx.state().open_key_store(config);
+  std::unique_ptr<hsm::KeyStore> key_store = ks ? std::move(*ks) : nullptr;
+  sd::EnrollmentSync sync(ledger, *client, ctx.clock(), key_store.get());
+  for (;;) {
+    auto report = sync.run_once();
+    if (report) {
+      station::Outbox outbox(ledger);
+      KL_TRY(auto counts, outbox.counts());
+      ctx.print({{"synced", report->synced}, {"reconciled", report->reconciled}, {"dead", report->dead},
+                 {"retry", report->retry}, {"bulk_calls", report->bulk_calls}, {"outbox", counts}},
+                [&](std::ostream& os) {
+                  os << "sync: " << report->synced << " synced (" << report->reconciled << " already in DPS), "
+                     << report->dead << " dead, " << report->retry << " to retry; outbox: " << counts["pending"]
+                     << " pending, " << counts["synced"] << " synced, " << counts["dead"] << " dead\n";
+                });
+      if (a.once) return counts["pending"] > 0 ? fail(Domain::io, std::to_string(counts["pending"]) +
+                                                                     " enrollment(s) still pending; run 'keyline dps sync' again")
+                                               : Status{};
+    } else if (a.once) {
+      return std::unexpected(report.error());
+    } else {
+      std::cerr << "keyline: dps sync: " << report.error().message() << " (retrying)\n";
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(a.interval_s));
+  }
+}
+
+Status status(const Context& ctx) {
+  KL_TRY(auto ledger, ctx.state().open_ledger());
+  station::Outbox outbox(ledger);
+  KL_TRY(auto counts, outbox.counts());
+  KL_TRY(auto dead, outbox.rows_in_state("dead"));
+  json dead_json = json::array();
+  for (auto& r : dead)
+    dead_json.push_back({{"id", r.id}, {"kind", r.kind}, {"operation", r.operation}, {"registration_id", r.registration_id},
+                         {"attempts", r.attempts}, {"reason", r.last_error}});
+  ctx.print({{"outbox", counts}, {"dead", dead_json}}, [&](std::ostream& os) {
+    os << "outbox: " << counts["pending"] << " pending, " << counts["synced"] << " synced, " << counts["dead"] << " dead\n";
+    for (auto& r : dead)
+      os << "dead: " << r.kind << " " << r.operation << " '" << r.registration_id << "' after " << r.attempts
+         << " attempt(s): " << r.last_error << "\n";
+  });
+  return {};
+}
+
+Status compute_key(const Context& ctx, const EnrollmentArgs& a) {
+  KL_TRY(auto regid, ca::RegistrationId::parse(a.id));
+  std::string key;
+  if (a.group_key_source.starts_with("hsm:")) {
+    KL_TRY(auto config, ctx.state().load_config());
+    KL_TRY(auto store, ctx.state().open_key_store(config));
+    KL_TRY(auto secret, store->secret(a.group_key_source.substr(4)));
+    KL_TRY(key, sd::derive_device_key(*secret, regid.str()));
+  } else if (a.group_key_source == "-" || a.group_key_source.starts_with("file:")) {
+    std::string path = a.group_key_source == "-" ? "-" : a.group_key_source.substr(5);
+    KL_TRY(std::string text, read_input(path, 4096, "--group-key-source"));
+    SecretString group(text.substr(0, text.find_first_of("\r\n")));
+    OPENSSL_cleanse(text.data(), text.size());
+    KL_TRY(key, sd::derive_device_key(std::string_view(group.reveal()), regid.str()));
+  } else {
+    return fail(Domain::usage, "--group-key-source must be file:PATH, - (standard input) or hsm:LABEL");
+  }
+  std::cout << key << "\n";
+  return {};
+}
+
+}  // namespace
+
+void add_dps_commands(CLI::App& app, Handler& run) {
+  auto* dps = app.add_subcommand("dps", "Enrollments in Azure IoT Hub DPS (queued in the ledger, sent by 'dps sync')");
+  dps->require_subcommand(1);
+  auto a = std::make_shared<EnrollmentArgs>();
+  auto common = [a](CLI::App* c) {
+    c->add_option("--allocation-policy", a->allocation_policy, "hashed | geoLatency | static | custom");
+    c->add_option("--webhook-url", a->webhook, "Custom allocation webhook (with --allocation-policy custom)");
+    c->add_option("--iot-hub", a->hubs, "An IoT hub host name (repeatable)");
+    c->add_option("--initial-twin", a->initial_twin, "JSON file with the initial twin");
+    c->add_flag("--edge", a->edge, "The device is an IoT Edge device");
+    c->add_option("--provisioning-status", a->provisioning_status, "enabled | disabled");
+  };
+  auto* enr = dps->add_subcommand("enrollment", "Individual enrollments");
+  enr->require_subcommand(1);
+  auto* ec = enr->add_subcommand("create", "Queue an individual enrollment (X.509 from the ledger by default)");
+  ec->add_option("registration-id", a->id, "Registration ID")->required();
+  ec->add_option("--certificate", a->certificate, "PEM certificate instead of the ledger's active one");
+  ec->add_option("--symmetric-key-source", a->key_source, "hsm:LABEL (derived per ID) or file:PATH");
+  ec->add_option("--tpm-ek", a->tpm_ek, "File with the base64 TPM endorsement key");
+  ec->add_option("--device-id", a->device_id, "IoT Hub device ID (default: the registration ID)");
+  ec->add_option("--profile", a->profile, "Certificate profile to look up in the ledger")->capture_default_str();
+  common(ec);
+  ec->callback([&run, a] { run = [a](const Context& c) { return enrollment_create(c, *a); }; });
+  for (auto [name, group] : {std::pair{"enrollment", false}, std::pair{"group", true}}) {
+    CLI::App* parent = group ? nullptr : enr;
+    if (group) {
+      parent = dps->add_subcommand("group", "Enrollment groups");
+      parent->require_subcommand(1);
+      auto* gc = parent->add_subcommand("create", "Queue an enrollment group");
+      gc->add_option("name", a->id, "Enrollment group ID")->required();
+      gc->add_option("--x509-ca", a->x509_ca, "intermediate | root: the station CA that signs the group's devices");
+      gc->add_option("--symmetric-key-source", a->key_source, "hsm:LABEL or file:PATH");
+      common(gc);
+      gc->callback([&run, a] { run = [a](const Context& c) { return group_create(c, *a); }; });
+    }
+    bool g = group;
+    auto* sh = parent->add_subcommand("show", "Show it as DPS holds it");
+    sh->add_option("id", a->id, "ID")->required();
+    sh->callback([&run, a, g] { run = [a, g](const Context& c) { return show(c, g, a->id); }; });
+    auto* del = parent->add_subcommand("delete", "Queue its deletion");
+    del->add_option("id", a->id, "ID")->required();
+    del->callback([&run, a, g] {
+      run = [a, g](const Context& c) {
+        const char* idm = g ? "enrollmentGroupId" : "registrationId";
+        return queue(c, g ? "group" : "individual", "delete", a->id, json{{idm, a->id}, {"attestation", {{"type", "none"}}}});
+      };
+    });
+    auto* ls = parent->add_subcommand("list", "List them (from DPS)");
+    ls->callback([&run, g] { run = [g](const Context& c) { return list(c, g); }; });
+    (void)name;
+  }
+  auto* sy = dps->add_subcommand("sync", "Send the outbox to DPS (bulk, exactly once)");
+  sy->add_flag("--once", a->once, "One pass, then exit (non-zero while enrollments remain pending)");
+  sy->add_option("--interval", a->interval_s, "Seconds between passes")->capture_default_str();
+  sy->callback([&run, a] { run = [a](const Context& c) { return sync(c, *a); }; });
+  auto* st = dps->add_subcommand("status", "Outbox counts and dead letters with their reasons");
+  st->callback([&run] { run = [](const Context& c) { return status(c); }; });
+  auto* reg = dps->add_subcommand("registration", "Device registration states in DPS");
+  reg->require_subcommand(1);
+  auto* rs = reg->add_subcommand("show", "Show a device's registration state");
+  rs->add_option("registration-id", a->id)->required();
+  rs->callback([&run, a] {
+    run = [a](const Context& c) -> Status {
+      KL_TRY(auto config, c.state().load_config());
+      KL_TRY(auto client, open_client(c, config));
+      KL_TRY(auto st, client->registration_state(a->id));
+      std::cout << st.dump(2) << "\n";
+      return {};
+    };
+  });
+  auto* rd = reg->add_subcommand("delete", "Delete a device's registration state");
+  rd->add_option("registration-id", a->id)->required();
+  rd->callback([&run, a] {
+    run = [a](const Context& c) -> Status {
+      KL_TRY(auto config, c.state().load_config());
+      KL_TRY(auto client, open_client(c, config));
+      KL_CHECK(client->delete_registration_state(a->id));
+      std::cout << "deleted the registration state of '" << a->id << "'\n";
+      return {};
+    };
+  });
+  auto* ck = dps->add_subcommand("compute-device-key", "Derive a device key from a group key (as az iot dps does)");
+  ck->add_option("--group-key-source", a->group_key_source, "file:PATH | - | hsm:LABEL")->required();
+  ck->add_option("--registration-id", a->id, "Registration ID")->required();
+  ck->callback([&run, a] { run = [a](const Context& c) { return compute_key(c, *a); }; });
+}
+
+}  // namespace keyline::cli

@@ -1,0 +1,81 @@
+#pragma once
+// EnrollmentSync: drains the ledger's enrollment outbox into DPS in bulk
+// calls of at most 10, exactly once.
+//
+// Exactly once: a row becomes "synced" only after DPS confirmed it, in a
+// ledger transaction after the HTTP call. If the process dies between the
+// call and the commit, the row is still pending; the next run sends the same
+// bulk "create" again, DPS answers 409 for the items it already holds, and
+// each such item is read back: if DPS holds an equal enrollment the row is
+// marked synced (no duplicate, nothing lost); a different one is a dead
+// letter (an operator must decide). A "delete" answered 404 is synced.
+// 4xx answers other than 409/412/429 are dead letters with DPS's reason;
+// everything else stays pending and is retried by the next run.
+//
+// Symmetric keys never sit in the outbox: payloads carry
+// attestation.symmetricKey.keySource and the keys are resolved here.
+//
+// Fault point for tests: KEYLINE_DPS_SYNC_CRASH_AFTER_HTTP=N makes the
+// process _exit(99) after the N-th bulk call answered, before the commit.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "keyline/core/clock.hpp"
+#include "keyline/hsm/key_store.hpp"
+#include "keyline/station/dps/client.hpp"
+#include "keyline/station/outbox.hpp"
+
+namespace keyline::station::dps {
+
+// Resolves a key source for one enrollment ID:
+//   file:PATH   the base64 key on the file's first line (its second line, if
+//               any, is the secondary key);
+//   hsm:LABEL   base64(HMAC-SHA256(key-store secret LABEL, id)): the
+//               secret never leaves the key store; the secondary key uses
+//               id + "/secondary".
+// Returns {primary, secondary} base64 keys.
+struct KeyPair {
+  SecretString primary;
+  SecretString secondary;
+};
+Result<KeyPair> resolve_key_source(const std::string& source, const std::string& id, hsm::KeyStore* key_store);
+
+// Payload helpers: a symmetric-key enrollment that names its key source.
+nlohmann::json with_key_source(nlohmann::json enrollment, const std::string& source);
+
+struct SyncReport {
+  std::uint64_t synced = 0;
+  std::uint64_t reconciled = 0;  // already in DPS, confirmed by read-back
+  std::uint64_t dead = 0;
+  std::uint64_t retry = 0;       // still pending
+  std::uint64_t bulk_calls = 0;
+};
+
+class EnrollmentSync {
+ public:
+  EnrollmentSync(Ledger& ledger, DpsClient& client, const Clock& clock, hsm::KeyStore* key_store)
+      : ledger_(ledger), outbox_(ledger), client_(client), clock_(clock), key_store_(key_store) {}
+
+  // One pass over every pending row (oldest first). Transient failures stay
+  // pending (counted in `retry`); an unreachable DPS ends the pass with the
+  // transport error after recording it on the rows.
+  Result<SyncReport> run_once();
+
+ private:
+  Status process(std::vector<OutboxRow>& batch, SyncReport& report);
+  Status reconcile(const OutboxRow& row, const nlohmann::json& desired, SyncReport& report);
+  Result<nlohmann::json> materialise(const OutboxRow& row);
+
+  Ledger& ledger_;
+  Outbox outbox_;
+  DpsClient& client_;
+  const Clock& clock_;
+  hsm::KeyStore* key_store_;
+  int bulk_calls_ = 0;
+};
+
+}  // namespace keyline::station::dps

@@ -1,0 +1,243 @@
+#include "keyline/station/dps/sync.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <set>
+
+#include "keyline/core/files.hpp"
+#include "keyline/core/hex.hpp"
+#include "keyline/core/log.hpp"
+
+namespace keyline::station::dps {
+
+using nlohmann::json;
+
+Result<KeyPair> resolve_key_source(const std::string& source, const std::string& id, hsm::KeyStore* key_store) {
+  KeyPair out;
+  if (source.starts_with("file:")) {
+    auto text = files::read(source.substr(5), 4096);
+    if (!text) return std::unexpected(text.error().with_context("symmetric key source"));
+    SecretString t(std::move(*text));
+    std::string_view all(t.reveal());
+    auto nl = all.find('\n');
+    std::string_view first = all.substr(0, nl), second = nl == std::string_view::npos ? "" : all.substr(nl + 1);
+    auto clean = [](std::string_view s) {
+      while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
+      return std::string(s);
+    };
+    std::string p = clean(first), s = clean(second.substr(0, second.find('\n')));
+    auto ok = [](const std::string& k) {
+      auto b = base64_decode(k);
+      return b && b->size() >= 16 && b->size() <= 64;
+    };
+    if (!ok(p)) return fail(Domain::input, "symmetric key source " + source + ": the first line is not a base64 key of 16 to 64 bytes");
+    if (!s.empty() && !ok(s)) return fail(Domain::input, "symmetric key source " + source + ": the second line is not a base64 key of 16 to 64 bytes");
+    out.primary = SecretString(std::move(p));
+    out.secondary = SecretString(std::move(s));
+    return out;
+  }
+  if (source.starts_with("hsm:")) {
+    if (!key_store) return fail(Domain::keystore, "symmetric key source " + source + " needs the station's key store");
+    KL_TRY(auto secret, key_store->secret(source.substr(4)));
+    KL_TRY(std::string p, derive_device_key(*secret, id));
+    KL_TRY(std::string s, derive_device_key(*secret, id + "/secondary"));
+    out.primary = SecretString(std::move(p));
+    out.secondary = SecretString(std::move(s));
+    return out;
+  }
+  return fail(Domain::usage, "symmetric key source '" + source + "' must be hsm:LABEL or file:PATH");
+}
+
+json with_key_source(json enrollment, const std::string& source) {
+  enrollment["attestation"] = {{"type", "symmetricKey"}, {"symmetricKey", {{"keySource", source}}}};
+  return enrollment;
+}
+
+Result<json> EnrollmentSync::materialise(const OutboxRow& row) {
+  json doc = json::parse(row.payload, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return fail(Domain::input, "outbox row " + std::to_string(row.id) + ": payload is not JSON");
+  auto& sk = doc["attestation"]["symmetricKey"];
+  if (sk.is_object() && sk.contains("keySource")) {
+    std::string src = sk["keySource"].get<std::string>();
+    KL_TRY(KeyPair keys, resolve_key_source(src, row.registration_id, key_store_));
+    json k = {{"primaryKey", keys.primary.reveal()}};
+    if (!keys.secondary.empty()) k["secondaryKey"] = keys.secondary.reveal();
+    sk = k;
+  } else if (doc["attestation"].is_null()) {
+    doc.erase("attestation");
+  }
+  return doc;
+}
+
+Status EnrollmentSync::reconcile(const OutboxRow& row, const json& desired, SyncReport& report) {
+  EnrollmentKind kind = row.kind == "group" ? EnrollmentKind::group : EnrollmentKind::individual;
+  std::int64_t now = clock_.now().time_since_epoch().count();
+  auto found = client_.find(kind, row.registration_id);
+  if (!found) {
+    KL_CHECK(outbox_.mark_retry(row.id, found.error().message(), now));
+    ++report.retry;
+    return {};
+  }
+  if (!*found) {  // 409 but gone since: leave pending, the next run creates it
+    KL_CHECK(outbox_.mark_retry(row.id, "DPS answered 409 but the enrollment is absent on read-back", now));
+    ++report.retry;
+    return {};
+  }
+  json service = (*found)->json();
+  if (desired["attestation"].value("type", "") == "symmetricKey") {
+    auto mech = client_.attestation_mechanism(kind, row.registration_id);
+    if (!mech) {
+      KL_CHECK(outbox_.mark_retry(row.id, mech.error().message(), now));
+      ++report.retry;
+      return {};
+    }
+    service["attestation"] = *mech;
+  }
+  if (same_enrollment(desired, service)) {
+    KL_CHECK(outbox_.mark_synced(row.id, (*found)->etag(), now));
+    ++report.reconciled;
+    ++report.synced;
+  } else {
+    KL_CHECK(outbox_.mark_dead(row.id, "DPS already holds a different " + std::string(to_string(kind)) +
+                                           " enrollment '" + row.registration_id +
+                                           "'; delete it there or queue a new enrollment", now));
+    ++report.dead;
+  }
+  return {};
+}
+
+Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report) {
+  EnrollmentKind kind = batch.front().kind == "group" ? EnrollmentKind::group : EnrollmentKind::individual;
+  bool is_delete = batch.front().operation == "delete";
+  std::int64_t now = clock_.now().time_since_epoch().count();
+  std::vector<json> items;
+  std::vector<OutboxRow> sent;
+  for (auto& row : batch) {
+    auto doc = materialise(row);
+    if (!doc && doc.error().domain() == Domain::keystore) {  // the key store may come back
+      KL_TRY(auto tx, ledger_.begin());
+      KL_CHECK(outbox_.mark_retry(row.id, doc.error().message(), now));
+      KL_CHECK(tx.commit());
+      ++report.retry;
+      continue;
+    }
+    if (!doc) {
+      auto tx = ledger_.begin();
+      if (!tx) return std::unexpected(tx.error());
+      KL_CHECK(outbox_.mark_dead(row.id, doc.error().message(), now));
+      KL_CHECK(tx->commit());
+      ++report.dead;
+      continue;
+    }
+    if (is_delete) {
+      const char* idm = kind == EnrollmentKind::group ? "enrollmentGroupId" : "registrationId";
+      items.push_back(json{{idm, row.registration_id}, {"attestation", {{"type", "none"}}}});
+    } else {
+      items.push_back(std::move(*doc));
+    }
+    sent.push_back(row);
+  }
+  if (items.empty()) return {};
+  auto result = client_.bulk(kind, is_delete ? BulkMode::remove : BulkMode::create, items);
+  ++report.bulk_calls;
+  ++bulk_calls_;
+  if (const char* crash = std::getenv("KEYLINE_DPS_SYNC_CRASH_AFTER_HTTP"); crash && std::atoi(crash) == bulk_calls_)
+    _exit(99);
+  now = clock_.now().time_since_epoch().count();
+  KL_TRY(auto tx, ledger_.begin());
+  if (!result) {
+    const Error& e = result.error();
+    std::int64_t code = dps_error_code(e);
+    int http = static_cast<int>(code / 1000);
+    bool permanent = http >= 400 && http < 500 && http != 409 && http != 412 && http != 429;
+    for (auto& row : sent) {
+      if (permanent && sent.size() == 1) {
+        KL_CHECK(outbox_.mark_dead(row.id, e.message(), now));
+        ++report.dead;
+      } else {
+        KL_CHECK(outbox_.mark_retry(row.id, e.message(), now));
+        ++report.retry;
+      }
+    }
+    KL_CHECK(tx.commit());
+    if (permanent && sent.size() > 1) {  // one bad item spoils the call: send them one by one
+      for (auto& row : sent) {
+        std::vector<OutboxRow> one{row};
+        KL_CHECK(process(one, report));
+        --report.retry;
+      }
+      return {};
+    }
+    if (!permanent && e.domain() != Domain::policy) return std::unexpected(e);
+    return {};
+  }
+  std::map<std::string, const BulkItemError*> errors;
+  for (auto& err : result->errors) {
+    std::string id = err.id;
+    for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    errors[id] = &err;
+  }
+  std::vector<std::pair<OutboxRow, json>> to_reconcile;
+  for (std::size_t i = 0; i < sent.size(); ++i) {
+    const OutboxRow& row = sent[i];
+    std::string lower = row.registration_id;
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    auto it = errors.find(lower);
+    if (it == errors.end()) {
+      KL_CHECK(outbox_.mark_synced(row.id, "", now));
+      ++report.synced;
+      continue;
+    }
+    const BulkItemError& err = *it->second;
+    int http = static_cast<int>(err.error_code / 1000);
+    std::string reason = "DPS bulk " + std::string(is_delete ? "delete" : "create") + ": errorCode " +
+                         std::to_string(err.error_code) + ": " + err.error_status;
+    if (is_delete && http == 404) {
+      KL_CHECK(outbox_.mark_synced(row.id, "", now));
+      ++report.synced;
+    } else if (!is_delete && http == 409) {
+      to_reconcile.emplace_back(row, items[i]);
+    } else if (http >= 400 && http < 500 && http != 412 && http != 429) {
+      KL_CHECK(outbox_.mark_dead(row.id, reason, now));
+      ++report.dead;
+    } else {
+      KL_CHECK(outbox_.mark_retry(row.id, reason, now));
+      ++report.retry;
+    }
+  }
+  KL_CHECK(tx.commit());
+  for (auto& [row, desired] : to_reconcile) {
+    KL_TRY(auto rtx, ledger_.begin());
+    KL_CHECK(reconcile(row, desired, report));
+    KL_CHECK(rtx.commit());
+  }
+  return {};
+}
+
+Result<SyncReport> EnrollmentSync::run_once() {
+  SyncReport report;
+  std::int64_t cursor = 0;
+  for (;;) {
+    KL_TRY(auto rows, outbox_.pending(cursor, 64));
+    if (rows.empty()) break;
+    // Consecutive rows of one kind and operation, distinct IDs, at most 10.
+    std::vector<OutboxRow> batch;
+    std::set<std::string> ids;
+    for (auto& r : rows) {
+      if (!batch.empty() && (r.kind != batch.front().kind || r.operation != batch.front().operation)) break;
+      std::string lower = r.registration_id;
+      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (!ids.insert(lower).second) break;
+      batch.push_back(r);
+      if (batch.size() == DpsClient::kMaxBulk) break;
+    }
+    cursor = batch.back().id;
+    KL_CHECK(process(batch, report));
+  }
+  log::get("dps")->info("sync: {} synced ({} by read-back), {} dead, {} left pending, {} bulk calls", report.synced,
+                        report.reconciled, report.dead, report.retry, report.bulk_calls);
+  return report;
+}
+
+}  // namespace keyline::station::dps
