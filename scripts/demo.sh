@@ -131,7 +131,55 @@ if [ -d "$SCHEMAS" ] && /usr/bin/python3 -c 'import jsonschema' 2>/dev/null; the
 fi
 bash -n "$DEMO/infra/enrollment-groups/enrollment-groups.sh" && echo "   enrollment-groups.sh: bash -n ok"
 
-say "10. Summary"
+say "10. Provision a simulated line: devices on ptys in mixed modes and one on emulated USB"
+SIMS=()
+stop_sims() { for p in "${SIMS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap stop_sims EXIT
+printf '%s\n' "$(head -c 32 /dev/urandom | base64)" | "$KEYLINE" --state "$STATE" hsm secret import --label line-group >/dev/null
+printf '%s\n' "$(head -c 32 /dev/urandom | base64)" | "$KEYLINE" --state "$STATE" hsm secret import --label line-master >/dev/null
+cat >> "$STATE/keyline.toml" <<'TOML'
+
+[provision]
+mode = "x509-device-key"
+registration_id_template = "{model}-{serial}"
+group_key = "hsm:line-group"
+individual_key = "hsm:line-master"
+id_scope = "0ne00demo01"
+TOML
+start_sim() {  # name kind [VID:PID] args...
+  local name=$1 kind=$2; shift 2
+  local pre=(); [ "$kind" = usb ] && pre=(env LD_PRELOAD=libumockdev-preload.so.0)
+  "${pre[@]}" "$BIN/keyline-devsim" --state "$DEMO/$name.json" "--$kind" "$@" > "$DEMO/$name.sim" 2>/dev/null &
+  SIMS+=($!)
+  for _ in $(seq 50); do grep -q "^$kind: " "$DEMO/$name.sim" 2>/dev/null && break; sleep 0.1; done
+}
+start_sim dev1 pty --serial-number A0001 --model sensor
+start_sim dev2 pty --serial-number A0002 --model sensor
+start_sim dev3 pty --serial-number B0001 --model valve
+start_sim dev4 pty --serial-number C0001 --model meter
+port() { sed -n 's/^pty: //p' "$DEMO/$1.sim"; }
+PORTS=(--port "$(port dev1)" --port "$(port dev2),mode=x509-station-key" --port "$(port dev3),mode=symmetric-group"
+       --port "$(port dev4),mode=symmetric-individual")
+USB_ENV=()
+if [ -e /usr/lib/x86_64-linux-gnu/libumockdev-preload.so.0 ] || ldconfig -p | grep -q libumockdev-preload; then
+  start_sim dev5 usb 1209:0001 --serial-number U0001 --model gateway
+  UDIR=$(sed -n 's/^umockdev-dir: //p' "$DEMO/dev5.sim")
+  if [ -n "$UDIR" ]; then
+    USB_ENV=(env LD_PRELOAD=libumockdev-preload.so.0 UMOCKDEV_DIR="$UDIR")
+    PORTS+=(--usb 1209:0001)
+  fi
+fi
+"${USB_ENV[@]}" "$KEYLINE" --state "$STATE" line run --once "${PORTS[@]}" || true
+echo
+"$KEYLINE" --state "$STATE" device list
+LEAF="$DEMO/dev1-leaf.pem"
+"$BIN/keyline-devsim" --state "$DEMO/dev1.json" --show \
+  | /usr/bin/python3 -c 'import json,sys; c=json.load(sys.stdin)["slots"]["cert-chain"]; e="-----END CERTIFICATE-----"; print(c[:c.index(e)+len(e)])' > "$LEAF"
+openssl verify -CAfile "$STATE/root.pem" -untrusted "$STATE/intermediate.pem" "$LEAF" | sed 's/^/   device sensor-a0001: /'
+stop_sims
+trap - EXIT
+
+say "11. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
 "$KEYLINE" --state "$STATE" ledger certificates --status revoked

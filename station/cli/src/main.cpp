@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "app.hpp"
+#include "provision_support.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/core/log.hpp"
 
@@ -101,6 +102,8 @@ int main(int argc, char** argv) {
     dps->require_subcommand(1);
   }
   cli::add_infra_command(*dps, run);
+  cli::add_device_commands(app, run);
+  cli::add_line_commands(app, run);
 
   try {
     app.parse(argc, argv);

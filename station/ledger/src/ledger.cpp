@@ -116,6 +116,41 @@ constexpr const char* kMigrations[] = {
     CREATE INDEX enrollment_outbox_by_registration_id ON enrollment_outbox (registration_id);
     )sql",
     // ---- DPS enrollment outbox -- end ----
+    // 6: ---- provisioning (station/provision) -- BEGIN ----
+    // One row per device (its hardware identity is unique), one row per step
+    // attempt. Keys appear only as fingerprints; certificates stay in
+    // `certificates` (device_serial, operator).
+    R"sql(
+    CREATE TABLE devices (
+      id INTEGER PRIMARY KEY,
+      serial_number TEXT NOT NULL,
+      model TEXT NOT NULL,
+      hardware_id TEXT NOT NULL,
+      registration_id TEXT NOT NULL,
+      profile TEXT NOT NULL,
+      mode TEXT NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('new', 'in_progress', 'done', 'failed')),
+      pubkey_sha256 TEXT NOT NULL DEFAULT '',
+      cert_serial TEXT NOT NULL DEFAULT '',
+      endorsement_key TEXT NOT NULL DEFAULT '',
+      locked INTEGER NOT NULL DEFAULT 0 CHECK (locked IN (0, 1)),
+      last_error TEXT NOT NULL DEFAULT '',
+      created_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL,
+      UNIQUE (model, serial_number, hardware_id)
+    ) STRICT;
+    CREATE INDEX devices_by_registration_id ON devices (registration_id);
+    CREATE TABLE provisioning_steps (
+      id INTEGER PRIMARY KEY,
+      device_id INTEGER NOT NULL REFERENCES devices (id),
+      step TEXT NOT NULL,
+      outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'failed', 'skipped')),
+      detail TEXT NOT NULL,
+      time INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX provisioning_steps_by_device ON provisioning_steps (device_id, id);
+    )sql",
+    // ---- provisioning -- END ----
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 

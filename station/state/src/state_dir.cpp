@@ -40,6 +40,59 @@ Status parse_audit(const toml::table& t, std::string_view source, AuditConfig& a
   return {};
 }
 
+Status parse_provision(const toml::table& t, std::string_view source, ProvisionConfig& p) {
+  const toml::table* prov = t["provision"].as_table();
+  if (!prov) return {};
+  std::string where = std::string(source) + ": [provision] ";
+  for (auto&& [k, v] : *prov) {
+    std::string key(k.str());
+    auto str = [&](std::string& out) -> Status {
+      auto s = v.value<std::string>();
+      if (!s || s->empty()) return fail(Domain::input, where + key + " must be a non-empty string");
+      out = *s;
+      return {};
+    };
+    if (key == "mode") {
+      KL_CHECK(str(p.mode));
+      if (p.mode != "x509-device-key" && p.mode != "x509-station-key" && p.mode != "symmetric-individual" &&
+          p.mode != "symmetric-group" && p.mode != "tpm")
+        return fail(Domain::input, where + "mode '" + p.mode +
+                                       "' is unknown (known: x509-device-key, x509-station-key, "
+                                       "symmetric-individual, symmetric-group, tpm)");
+    } else if (key == "registration_id_template") {
+      KL_CHECK(str(p.registration_id_template));
+    } else if (key == "profile") {
+      KL_CHECK(str(p.profile));
+    } else if (key == "group_key" || key == "individual_key") {
+      KL_CHECK(str(key == "group_key" ? p.group_key : p.individual_key));
+      const std::string& val = key == "group_key" ? p.group_key : p.individual_key;
+      if (!val.starts_with("hsm:") || val.size() == 4)
+        return fail(Domain::input, where + key + " must name a secret in the key store as hsm:LABEL");
+    } else if (key == "id_scope") {
+      KL_CHECK(str(p.id_scope));
+    } else if (key == "global_endpoint") {
+      KL_CHECK(str(p.global_endpoint));
+    } else if (key == "enrollment") {
+      KL_CHECK(str(p.enrollment));
+      if (p.enrollment != "individual" && p.enrollment != "group")
+        return fail(Domain::input, where + "enrollment must be \"individual\" or \"group\"");
+    } else if (key == "timeout_ms") {
+      auto n = v.value<std::int64_t>();
+      if (!n || *n < 10 || *n > 600000) return fail(Domain::input, where + "timeout_ms must be 10..600000");
+      p.timeout_ms = *n;
+    } else if (key == "baud") {
+      auto n = v.value<std::int64_t>();
+      if (!n || *n < 1200 || *n > 4000000) return fail(Domain::input, where + "baud must be 1200..4000000");
+      p.baud = static_cast<unsigned>(*n);
+    } else {
+      return fail(Domain::input, where + "unknown key '" + key +
+                                     "' (known: mode, registration_id_template, profile, group_key, "
+                                     "individual_key, id_scope, global_endpoint, enrollment, timeout_ms, baud)");
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<Config> parse_config(std::string_view text, std::string_view source) {
@@ -52,9 +105,10 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
   const toml::table& t = parsed.table();
   for (auto&& [k, v] : t) {
     std::string_view key = k.str();
-    if (key != "station" && key != "ca" && key != "profiles" && key != "dps" && key != "audit")
+    if (key != "station" && key != "ca" && key != "profiles" && key != "dps" && key != "audit" &&
+        key != "provision")
       return fail(Domain::input, std::string(source) + ": unknown table [" + std::string(key) +
-                                     "] (known: station, ca, profiles, dps, audit)");
+                                     "] (known: station, ca, profiles, dps, audit, provision)");
   }
   Config c;
   c.source = fs::path(source);
@@ -104,6 +158,7 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
       return fail(Domain::input, std::string(source) + ": [dps] connection-string-source must be file:PATH or env:VAR "
                                                        "(never the connection string itself)");
   }
+  KL_CHECK(parse_provision(t, source, c.provision));
   KL_TRY(c.profiles, ca::parse_profiles(text, source));
   return c;
 }

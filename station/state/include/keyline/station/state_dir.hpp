@@ -52,11 +52,27 @@ struct DpsConfig {
   double quota_per_minute = 1000;        // the DPS unit quota (operations/minute)
 };
 
+// [provision]: how devices on the line are provisioned (README "Provisioning
+// and the line"); every key can be overridden per command.
+struct ProvisionConfig {
+  std::string mode = "x509-device-key";  // x509-device-key | x509-station-key | symmetric-individual | symmetric-group | tpm
+  std::string registration_id_template = "{model}-{serial}";
+  std::string profile = "device";
+  std::string group_key;       // hsm:LABEL (symmetric-group)
+  std::string individual_key;  // hsm:LABEL (symmetric-individual: the master secret)
+  std::string id_scope;        // DPS ID scope written to the device (empty: no DPS settings)
+  std::string global_endpoint = "global.azure-devices-provisioning.net";
+  std::string enrollment = "individual";  // individual | group (x509: which DPS enrollment covers the device)
+  std::int64_t timeout_ms = 2000;
+  unsigned baud = 115200;
+};
+
 struct Config {
   std::string station_id = "station-1";
   CaConfig ca;
   AuditConfig audit;
   DpsConfig dps;
+  ProvisionConfig provision;
   std::map<std::string, ca::Profile> profiles;
   fs::path source;  // where it was read from
 };
