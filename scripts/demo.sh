@@ -179,7 +179,42 @@ openssl verify -CAfile "$STATE/root.pem" -untrusted "$STATE/intermediate.pem" "$
 stop_sims
 trap - EXIT
 
-say "11. Summary"
+say "11. The DPS emulator started from the generated ARM template; a demo device registers with it"
+EMU_OUT="$DEMO/dps-emulator.out"
+"$BIN/keyline-dps-emulator" --state "$DEMO/dps-emulator" --from-template "$DEMO/infra/arm/azuredeploy.json" \
+  >"$EMU_OUT" 2>"$DEMO/dps-emulator.err" &
+EMU_PID=$!
+stop_emulator() { kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null || true; }
+trap stop_emulator EXIT
+for _ in $(seq 100); do [ -s "$EMU_OUT" ] && break; sleep 0.1; done
+EMU_INFO=$(head -n1 "$EMU_OUT")
+[ -n "$EMU_INFO" ] || { echo "   the emulator did not start: $(cat "$DEMO/dps-emulator.err")" >&2; exit 1; }
+emu() { /usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(", ".join(v) if isinstance(v, list) else v)' "$EMU_INFO" "$1"; }
+echo "   linked hubs (from the template): $(emu hubs)"
+# The station's [dps] settings for this emulator, in a configuration of their own.
+export KEYLINE_DEMO_DPS_CS=$(emu service_connection_string)
+cp "$STATE/keyline.toml" "$DEMO/dps-emulator.toml"
+cat >> "$DEMO/dps-emulator.toml" <<TOML
+
+[dps]
+connection-string-source = "env:KEYLINE_DEMO_DPS_CS"
+id-scope = "$(emu id_scope)"
+ca-file = "$(emu ca_cert)"
+TOML
+"$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps group create demo-line1 --x509-ca intermediate \
+  | sed 's/^/   /'
+"$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps sync --once | sed 's/^/   /'
+cat "$DEMO/issued/sensor-0001.pem" "$STATE/intermediate.pem" > "$DEMO/sensor-0001.chain.pem"
+"$BIN/keyline-dps-register" --endpoint "$(emu device_endpoint)" --id-scope "$(emu id_scope)" \
+  --registration-id sensor-0001 --cert-chain "$DEMO/sensor-0001.chain.pem" --key "$DEMO/csr/sensor-0001.key" \
+  --ca-cert "$(emu ca_cert)" > "$DEMO/sensor-0001.registration.json"
+echo "   sensor-0001 (leaf + intermediate over TLS) assigned to: $(/usr/bin/python3 -c \
+  'import json,sys; print(json.load(open(sys.argv[1]))["registrationState"]["assignedHub"])' "$DEMO/sensor-0001.registration.json")"
+stop_emulator
+trap - EXIT
+unset KEYLINE_DEMO_DPS_CS
+
+say "12. Summary"
 "$KEYLINE" --state "$STATE" ca show
 echo
 "$KEYLINE" --state "$STATE" ledger certificates --status revoked
