@@ -133,18 +133,30 @@ bash -n "$DEMO/infra/enrollment-groups/enrollment-groups.sh" && echo "   enrollm
 
 say "10. Provision a simulated line: devices on ptys in mixed modes and one on emulated USB"
 SIMS=()
-stop_sims() { for p in "${SIMS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap stop_sims EXIT
-printf '%s\n' "$(head -c 32 /dev/urandom | base64)" | "$KEYLINE" --state "$STATE" hsm secret import --label line-group >/dev/null
+stop_sims() { for p in "${SIMS[@]}"; do kill "$p" 2>/dev/null || true; done; SIMS=(); }
+stop_all() { stop_sims; kill "${EMU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop_all EXIT
+# The DPS emulator, started from the ARM template of step 9, is this line's DPS.
+EMU_OUT="$DEMO/dps-emulator.out"
+"$BIN/keyline-dps-emulator" --state "$DEMO/dps-emulator" --from-template "$DEMO/infra/arm/azuredeploy.json" \
+  >"$EMU_OUT" 2>"$DEMO/dps-emulator.err" &
+EMU_PID=$!
+stop_emulator() { kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null || true; }
+for _ in $(seq 100); do [ -s "$EMU_OUT" ] && break; sleep 0.1; done
+EMU_INFO=$(head -n1 "$EMU_OUT")
+[ -n "$EMU_INFO" ] || { echo "   the emulator did not start: $(cat "$DEMO/dps-emulator.err")" >&2; exit 1; }
+emu() { /usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(", ".join(v) if isinstance(v, list) else v)' "$EMU_INFO" "$1"; }
+head -c 32 /dev/urandom | base64 > "$DEMO/line-group.key"
+"$KEYLINE" --state "$STATE" hsm secret import --label line-group --from "$DEMO/line-group.key" >/dev/null
 printf '%s\n' "$(head -c 32 /dev/urandom | base64)" | "$KEYLINE" --state "$STATE" hsm secret import --label line-master >/dev/null
-cat >> "$STATE/keyline.toml" <<'TOML'
+cat >> "$STATE/keyline.toml" <<TOML
 
 [provision]
 mode = "x509-device-key"
 registration_id_template = "{model}-{serial}"
 group_key = "hsm:line-group"
 individual_key = "hsm:line-master"
-id_scope = "0ne00demo01"
+id_scope = "$(emu id_scope)"
 TOML
 start_sim() {  # name kind [VID:PID] args...
   local name=$1 kind=$2; shift 2
@@ -177,19 +189,8 @@ LEAF="$DEMO/dev1-leaf.pem"
   | /usr/bin/python3 -c 'import json,sys; c=json.load(sys.stdin)["slots"]["cert-chain"]; e="-----END CERTIFICATE-----"; print(c[:c.index(e)+len(e)])' > "$LEAF"
 openssl verify -CAfile "$STATE/root.pem" -untrusted "$STATE/intermediate.pem" "$LEAF" | sed 's/^/   device sensor-a0001: /'
 stop_sims
-trap - EXIT
 
-say "11. The DPS emulator started from the generated ARM template; a demo device registers with it"
-EMU_OUT="$DEMO/dps-emulator.out"
-"$BIN/keyline-dps-emulator" --state "$DEMO/dps-emulator" --from-template "$DEMO/infra/arm/azuredeploy.json" \
-  >"$EMU_OUT" 2>"$DEMO/dps-emulator.err" &
-EMU_PID=$!
-stop_emulator() { kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null || true; }
-trap stop_emulator EXIT
-for _ in $(seq 100); do [ -s "$EMU_OUT" ] && break; sleep 0.1; done
-EMU_INFO=$(head -n1 "$EMU_OUT")
-[ -n "$EMU_INFO" ] || { echo "   the emulator did not start: $(cat "$DEMO/dps-emulator.err")" >&2; exit 1; }
-emu() { /usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(", ".join(v) if isinstance(v, list) else v)' "$EMU_INFO" "$1"; }
+say "11. DPS: the line's enrollments and the groups synced to the emulator; the devices register with what Keyline wrote"
 echo "   linked hubs (from the template): $(emu hubs)"
 # The station's [dps] settings for this emulator, in a configuration of their own.
 export KEYLINE_DEMO_DPS_CS=$(emu service_connection_string)
@@ -203,14 +204,26 @@ ca-file = "$(emu ca_cert)"
 TOML
 "$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps group create demo-line1 --x509-ca intermediate \
   | sed 's/^/   /'
+"$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps group create line-sym \
+  --symmetric-key-source "file:$DEMO/line-group.key" | sed 's/^/   /'
 "$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps sync --once | sed 's/^/   /'
+for dev in dev1 dev2 dev3 dev4 dev5; do
+  [ -f "$DEMO/$dev.json" ] || continue
+  if "$BIN/keyline-devsim" --state "$DEMO/$dev.json" --register-with "$(emu device_endpoint)" --ca-cert "$(emu ca_cert)" \
+       > "$DEMO/$dev.registration.json" 2> "$DEMO/$dev.registration.err"; then
+    /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["registrationState"]; print("   %s: %s -> %s" % (sys.argv[2], r["registrationId"], r["assignedHub"]))' \
+      "$DEMO/$dev.registration.json" "$dev"
+  else
+    echo "   $dev: refused: $(cat "$DEMO/$dev.registration.err")"
+  fi
+done
 cat "$DEMO/issued/sensor-0001.pem" "$STATE/intermediate.pem" > "$DEMO/sensor-0001.chain.pem"
 "$BIN/keyline-dps-register" --endpoint "$(emu device_endpoint)" --id-scope "$(emu id_scope)" \
   --registration-id sensor-0001 --cert-chain "$DEMO/sensor-0001.chain.pem" --key "$DEMO/csr/sensor-0001.key" \
   --ca-cert "$(emu ca_cert)" > "$DEMO/sensor-0001.registration.json"
 echo "   sensor-0001 (leaf + intermediate over TLS) assigned to: $(/usr/bin/python3 -c \
   'import json,sys; print(json.load(open(sys.argv[1]))["registrationState"]["assignedHub"])' "$DEMO/sensor-0001.registration.json")"
-stop_emulator
+stop_all
 trap - EXIT
 unset KEYLINE_DEMO_DPS_CS
 
