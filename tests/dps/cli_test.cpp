@@ -136,6 +136,28 @@ TEST(DpsCli, CrashBetweenHttpAndCommitNeitherDuplicatesNorLoses) {
   EXPECT_EQ(ids.size(), 25u);
 }
 
+TEST(DpsCli, GroupsFromTheInfraJson) {
+  Station s;
+  json groups = json::array({{{"enrollmentGroupId", "from-file"},
+                              {"provisioningStatus", "enabled"},
+                              {"attestation",
+                               {{"type", "x509"},
+                                {"x509", {{"signingCertificates",
+                                           {{"primary", {{"certificate", tk::read_file(s.state / "intermediate.pem")}}}}}}}}}}});
+  tk::write_file(s.dir / "groups.json", groups.dump(2));
+  auto r = s.kl({"dps", "group", "create", "--from", (s.dir / "groups.json").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(s.kl({"dps", "sync", "--once"}).exit_code, 0);
+  EXPECT_TRUE(*s.client()->find(sd::EnrollmentKind::group, "from-file"));
+  groups[0]["attestation"] = {{"type", "symmetricKey"}, {"symmetricKey", {{"primaryKey", kGroupKey}}}};
+  tk::write_file(s.dir / "keyed.json", groups.dump());
+  auto keyed = s.kl({"dps", "group", "create", "--from", (s.dir / "keyed.json").string()});
+  EXPECT_EQ(keyed.exit_code, 3);
+  EXPECT_NE(keyed.err.find("keys never enter the ledger"), std::string::npos) << keyed.err;
+  EXPECT_EQ(keyed.err.find(kGroupKey), std::string::npos);
+  EXPECT_EQ(s.kl({"dps", "group", "create", "x", "--from", (s.dir / "groups.json").string()}).exit_code, 2);
+}
+
 TEST(DpsCli, OfflineThenCatchUpAndDeadLetters) {
   Station s;
   tk::write_file(s.dir / "short", "c2hvcnQ=\n");  // 5 bytes: not a DPS key

@@ -50,6 +50,7 @@ struct EnrollmentArgs {
   bool once = false;
   int interval_s = 10;
   std::string group_key_source;
+  std::string from;  // group create --from FILE (EnrollmentGroup JSON, as 'dps infra' writes it)
 };
 
 Result<std::unique_ptr<sd::DpsClient>> open_client(const Context& ctx, const station::Config& config) {
@@ -144,7 +145,41 @@ Status enrollment_create(const Context& ctx, const EnrollmentArgs& a) {
   return queue(ctx, "individual", "create", regid.str(), payload);
 }
 
+// Queues every EnrollmentGroup of a JSON file (one object or an array), as
+// `keyline dps infra` writes enrollment-groups.json.
+Status groups_from_file(const Context& ctx, const EnrollmentArgs& a) {
+  KL_TRY(std::string text, read_input(a.from, 16u << 20, "--from"));
+  json doc = json::parse(text, nullptr, false);
+  if (doc.is_discarded()) return fail(Domain::input, "--from " + a.from + ": not JSON");
+  if (doc.is_object()) doc = json::array({doc});
+  if (!doc.is_array() || doc.empty())
+    return fail(Domain::input, "--from " + a.from + ": expected an EnrollmentGroup object or a non-empty array of them");
+  for (std::size_t i = 0; i < doc.size(); ++i) {
+    const json& g = doc[i];
+    if (!g.is_object() || !g.contains("enrollmentGroupId") || !g["enrollmentGroupId"].is_string() ||
+        !g.contains("attestation"))
+      return fail(Domain::input, "--from " + a.from + ": item " + std::to_string(i) +
+                                     " needs enrollmentGroupId (string) and attestation");
+    const json& sym = g["attestation"].value("symmetricKey", json::object());
+    if (sym.is_object() && (sym.contains("primaryKey") || sym.contains("secondaryKey")))
+      return fail(Domain::input, "--from " + a.from + ": item " + std::to_string(i) +
+                                     " carries a symmetric key; keys never enter the ledger -- create that group with "
+                                     "--symmetric-key-source file:PATH|hsm:LABEL instead");
+    auto gid = ca::RegistrationId::parse(g["enrollmentGroupId"].get<std::string>());
+    if (!gid) return std::unexpected(gid.error().with_context("--from " + a.from + ": item " + std::to_string(i)));
+  }
+  for (const json& g : doc) KL_CHECK(queue(ctx, "group", "create", g["enrollmentGroupId"].get<std::string>(), g));
+  return {};
+}
+
 Status group_create(const Context& ctx, const EnrollmentArgs& a) {
+  if (!a.from.empty()) {
+    if (!a.id.empty() || !a.x509_ca.empty() || !a.key_source.empty())
+      return fail(Domain::usage, "--from FILE takes the groups from the file; give no NAME, --x509-ca or "
+                                 "--symmetric-key-source with it");
+    return groups_from_file(ctx, a);
+  }
+  if (a.id.empty()) return fail(Domain::usage, "dps group create needs a NAME (or --from FILE)");
   KL_TRY(auto gid, ca::RegistrationId::parse(a.id));
   auto e = sd::Enrollment::group(gid.str());
   if (a.x509_ca.empty() == a.key_source.empty())
@@ -296,7 +331,9 @@ void add_dps_commands(CLI::App& app, Handler& run) {
       parent = dps->add_subcommand("group", "Enrollment groups");
       parent->require_subcommand(1);
       auto* gc = parent->add_subcommand("create", "Queue an enrollment group");
-      gc->add_option("name", a->id, "Enrollment group ID")->required();
+      gc->add_option("name", a->id, "Enrollment group ID");
+      gc->add_option("--from", a->from, "Queue the EnrollmentGroup JSON of this file (e.g. the enrollment-groups.json "
+                                        "that 'keyline dps infra' writes) instead");
       gc->add_option("--x509-ca", a->x509_ca, "intermediate | root: the station CA that signs the group's devices");
       gc->add_option("--symmetric-key-source", a->key_source, "hsm:LABEL or file:PATH");
       common(gc);
