@@ -83,6 +83,12 @@ Status ca_batch(const Context& ctx, const BatchCli& c) {
   o.plain_keys = c.plain_keys;
   KL_TRY(o.key_algorithm, hsm::parse_algorithm(c.key_algorithm));
 
+  // Ctrl-C from the first moment: a stop before the pipeline runs is an
+  // orderly stop too (nothing in flight; the same command resumes).
+  struct sigaction sa{};
+  sa.sa_handler = on_stop_signal;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
   KL_CHECK(ctx.state().require_initialised());
   KL_TRY(station::Config config, ctx.state().load_config());
   KL_TRY(const ca::Profile* profile, station::find_profile(config, c.profile));
@@ -94,10 +100,6 @@ Status ca_batch(const Context& ctx, const BatchCli& c) {
     return checkpoint_if_due(ctx, config, *store, trail);
   };
 
-  struct sigaction sa{};
-  sa.sa_handler = on_stop_signal;
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
   ProgressPrinter printer;
   auto summary = station::batch::run(o, *opened.authority, *profile, ctx.state().ledger_path(), ctx.clock(),
                                      g_stop, [&](const station::batch::Progress& p) { printer(p); });
