@@ -309,7 +309,10 @@ TEST(BatchSlow, CtrlCFinishesInFlightItemsAndTheSameCommandCompletes) {
                                 "--generate", "--count", "3000", "--id-template", "sn-{seq:05}", "--plain-keys",
                                 "--out", out.string(), "--jobs", "2"};
   testkit::Child child(argv, kQuiet);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Interrupt once the batch is running (start-up is slow under sanitizers).
+  for (int i = 0; i < 200 && !fs::exists(out / "batch.json"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   child.signal(SIGINT);
   int code = child.wait();
   EXPECT_TRUE(code == 8 || code == 0) << code;  // 0 only if it finished before the signal
