@@ -1,6 +1,9 @@
 // keyline line run --once: several devices on several ptys at once.
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <thread>
+
 #include "keyline/testkit/devsim.hpp"
 #include "provision_support.hpp"
 
@@ -38,4 +41,37 @@ TEST(LineRun, NoPortIsAUsageError) {
   auto r = keyline::testkit::keyline(state, {"line", "run", "--once"}, kEnv);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("--port"), std::string::npos) << r.err;
+}
+
+// Ctrl-C while a device is in KEYGEN: the step in flight finishes and is
+// recorded, the line stops before the next one (exit 8), the device row says
+// interrupted, nothing was issued; plugged in again, the device completes.
+TEST(LineRun, CtrlCFinishesTheStepInFlightAndTheDeviceResumes) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_station(state);
+  auto sim = Devsim::pty(dir / "d.json", {"--serial-number", "INT1", "--model", "M", "--keygen-delay-ms", "1500"});
+  std::vector<std::string> argv{keyline::testkit::bin("keyline").string(), "--state", state.string(), "line", "run",
+                                "--port", sim.port()};
+  keyline::testkit::Child line(argv, kEnv);
+  // Wait until the job is past INFO (so KEYGEN is in flight), then interrupt.
+  bool in_keygen = false;
+  for (int i = 0; i < 300 && !in_keygen; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    in_keygen = scalar(state, "SELECT count(*) FROM provisioning_steps WHERE step = 'info' AND outcome = 'ok'") == "1";
+  }
+  ASSERT_TRUE(in_keygen) << "the line never recorded the device's INFO step";
+  line.signal(SIGINT);
+  EXPECT_EQ(line.wait(), 8);
+  EXPECT_EQ(scalar(state, "SELECT outcome FROM provisioning_steps WHERE step = 'keygen'"), "ok");
+  EXPECT_EQ(scalar(state, "SELECT state FROM devices"), "failed");
+  EXPECT_NE(scalar(state, "SELECT last_error FROM devices").find("interrupted"), std::string::npos);
+  EXPECT_EQ(scalar(state, "SELECT count(*) FROM certificates"), "0");
+  EXPECT_FALSE(show(dir / "d.json")["locked"].get<bool>());
+
+  auto again = keyline::testkit::keyline(state, {"--json", "line", "run", "--once", "--port", sim.port()}, kEnv);
+  EXPECT_EQ(again.exit_code, 0) << again.err << again.out;
+  EXPECT_EQ(scalar(state, "SELECT state FROM devices"), "done");
+  EXPECT_EQ(scalar(state, "SELECT count(*) FROM certificates WHERE status = 'active'"), "1");
+  EXPECT_TRUE(show(dir / "d.json")["locked"].get<bool>());
 }

@@ -87,6 +87,36 @@ TEST(Ledger, FailedTransactionLeavesNothing) {
   EXPECT_FALSE(*l.certificate("01"));
 }
 
+// A deferred transaction commits without an fsync (synchronous=NORMAL); the
+// next durable one goes back to FULL. Both are visible to other connections.
+TEST(Ledger, DeferredAndDurableTransactionsSetTheSyncLevel) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  auto level = [&] {
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(l.handle(), "PRAGMA synchronous", -1, &st, nullptr);
+    int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    return v;
+  };
+  EXPECT_EQ(level(), 2);  // FULL
+  {
+    auto tx = *l.begin(Ledger::Durability::deferred);
+    EXPECT_EQ(level(), 1);  // NORMAL
+    ASSERT_TRUE(l.insert_certificate(record("0D", "deferred"), false));
+    ASSERT_TRUE(tx.commit());
+  }
+  {
+    auto tx = *l.begin();
+    EXPECT_EQ(level(), 2);
+    ASSERT_TRUE(l.insert_certificate(record("0E", "durable"), false));
+    ASSERT_TRUE(tx.commit());
+  }
+  auto other = *Ledger::open(dir / "l.db");
+  EXPECT_TRUE(*other.certificate("0D"));
+  EXPECT_TRUE(*other.certificate("0E"));
+}
+
 TEST(Ledger, RevokeRules) {
   testkit::TempDir dir;
   auto l = *Ledger::create(dir / "l.db");

@@ -246,13 +246,18 @@ Result<std::optional<Checkpoint>> Trail::checkpoint(const hsm::Signer& key, cons
   return std::optional<Checkpoint>(std::move(cp));
 }
 
-Status Trail::checkpoint_if_due(const hsm::Signer& key, const std::string& key_id, std::int64_t interval) {
-  if (interval <= 0) return {};
+Result<bool> Trail::checkpoint_due(std::int64_t interval) {
+  if (interval <= 0) return false;
   KL_TRY(auto h, head());
   Stmt st;
   KL_CHECK(prepare(ledger_, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", st));
   std::int64_t last = sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int64(st.s, 0) : 0;
-  if (h.first - last < interval) return {};
+  return h.first - last >= interval;
+}
+
+Status Trail::checkpoint_if_due(const hsm::Signer& key, const std::string& key_id, std::int64_t interval) {
+  KL_TRY(bool due, checkpoint_due(interval));
+  if (!due) return {};
   KL_TRY(auto cp, checkpoint(key, key_id));
   (void)cp;
   return {};

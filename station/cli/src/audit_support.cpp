@@ -90,7 +90,9 @@ Result<station::audit::AuditKey> open_audit_key(const Context& ctx, const statio
 
 Status checkpoint_if_due(const Context& ctx, const station::Config& config, hsm::KeyStore& store,
                          station::audit::Trail& trail) {
-  if (config.audit.checkpoint_interval <= 0) return {};
+  // The key is opened only when a checkpoint is due (this runs after every record).
+  KL_TRY(bool due, trail.checkpoint_due(config.audit.checkpoint_interval));
+  if (!due) return {};
   auto key = open_audit_key(ctx, config, store);
   if (!key) {
     log::get("audit")->warn("no signed checkpoint: {}", key.error().message());

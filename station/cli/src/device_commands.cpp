@@ -97,7 +97,8 @@ prov::JobContext job_context(const Context& ctx, ProvisionEnv& env) {
 json result_json(const prov::JobResult& r) {
   return {{"registration_id", r.registration_id}, {"mode", r.mode},   {"serial_number", r.serial_number},
           {"certificate_serial", r.cert_serial},  {"state", r.state}, {"steps", r.steps},
-          {"seconds", std::round(r.seconds * 1000) / 1000},           {"reissued", r.reissued}};
+          {"seconds", std::round(r.seconds * 1000) / 1000},           {"reissued", r.reissued},
+          {"link", {{"bytes_sent", r.bytes_sent}, {"bytes_received", r.bytes_received}, {"retries", r.retries}}}};
 }
 
 std::string result_line(const prov::JobResult& r) {

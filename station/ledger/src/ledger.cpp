@@ -285,7 +285,7 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create,
 }
 
 Ledger::Ledger(Ledger&& o) noexcept
-    : db_(o.db_), path_(std::move(o.path_)), cache_(std::move(o.cache_)) {
+    : db_(o.db_), sync_(o.sync_), path_(std::move(o.path_)), cache_(std::move(o.cache_)) {
   o.db_ = nullptr;
   o.cache_.clear();
 }
@@ -295,6 +295,7 @@ Ledger& Ledger::operator=(Ledger&& o) noexcept {
     cache_.clear();
     if (db_) sqlite3_close_v2(db_);
     db_ = o.db_;
+    sync_ = o.sync_;
     path_ = std::move(o.path_);
     cache_ = std::move(o.cache_);
     o.db_ = nullptr;
@@ -340,7 +341,12 @@ Status Ledger::migrate(int target) {
   return {};
 }
 
-Result<Ledger::Transaction> Ledger::begin() {
+Result<Ledger::Transaction> Ledger::begin(Durability durability) {
+  // The level can only change outside a transaction: set it before BEGIN.
+  if (durability != sync_) {
+    KL_CHECK(exec(durability == Durability::durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+    sync_ = durability;
+  }
   KL_CHECK(exec("BEGIN IMMEDIATE"));
   return Transaction(this);
 }

@@ -106,11 +106,12 @@ struct ProvisioningJob::State {
 };
 
 Status ProvisioningJob::record(State& st, const std::string& step, const std::string& outcome,
-                               const std::string& detail, const std::function<Status()>& extra) {
+                               const std::string& detail, Ledger::Durability durability,
+                               const std::function<Status()>& extra) {
   std::lock_guard lock(ctx_.ledger_mutex);
   Devices devices(ctx_.ledger);
   st.device.updated_at = epoch(ctx_.clock.now());
-  KL_TRY(auto tx, ctx_.ledger.begin());
+  KL_TRY(auto tx, ctx_.ledger.begin(durability));
   if (extra) KL_CHECK(extra());
   KL_CHECK(devices.save(st.device));
   KL_CHECK(devices.add_step({st.device.id, step, outcome, detail, st.device.updated_at}));
@@ -137,15 +138,20 @@ Status ProvisioningJob::fail_device(State& st, const std::string& step, const Er
   st.device.last_error = e.message();
   log::get("provision")->warn("{} ({}) failed at {}: {}", st.device.registration_id, st.device.serial_number, step,
                               e.message());
-  return record(st, step, "failed", e.message());
+  return record(st, step, "failed", e.message(), Ledger::Durability::durable);
 }
 
 Result<JobResult> ProvisioningJob::run() {
   auto started = std::chrono::steady_clock::now();
+  const std::uint64_t sent0 = session_.link().bytes_sent(), received0 = session_.link().bytes_received(),
+                      retries0 = session_.stats().retries;
   State st;
   st.result.mode = std::string(to_string(settings_.mode));
   Status s = run_steps(st);
   st.result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  st.result.bytes_sent = session_.link().bytes_sent() - sent0;
+  st.result.bytes_received = session_.link().bytes_received() - received0;
+  st.result.retries = session_.stats().retries - retries0;
   if (!s) return std::unexpected(s.error());
   return st.result;
 }
@@ -292,7 +298,7 @@ Status ProvisioningJob::run_steps(State& st) {
       std::string superseded;
       st.device.cert_serial = rec.serial;
       st.device.pubkey_sha256 = rec.pubkey_sha256;
-      KL_CHECK(record(st, "issue", "ok", "certificate " + rec.serial, [&]() -> Status {
+      KL_CHECK(record(st, "issue", "ok", "certificate " + rec.serial, Ledger::Durability::durable, [&]() -> Status {
         KL_TRY(auto prev, ctx_.ledger.active_ref(rec.registration_id, rec.profile));
         if (prev) superseded = prev->serial;
         KL_CHECK(ctx_.ledger.insert_certificate(rec, true));
@@ -393,7 +399,7 @@ Status ProvisioningJob::run_steps(State& st) {
   }
   std::string detail = enrollment ? "provisioning closed; DPS individual enrollment queued"
                                   : "provisioning closed; covered by a DPS enrollment group";
-  KL_CHECK(record(st, "lock", "ok", detail, [&]() -> Status {
+  KL_CHECK(record(st, "lock", "ok", detail, Ledger::Durability::durable, [&]() -> Status {
     if (!enrollment) return {};
     Outbox outbox(ctx_.ledger);
     KL_TRY(auto id, outbox.enqueue("individual", "create", regid->str(), enrollment->dump(), epoch(ctx_.clock.now())));

@@ -90,7 +90,10 @@ class Trail {
   // checkpoint. Nothing to sign (empty trail) gives std::nullopt.
   Result<std::optional<Checkpoint>> checkpoint(const hsm::Signer& key, const std::string& key_id,
                                                std::optional<std::int64_t> seq = std::nullopt);
-  // A checkpoint when at least `interval` records follow the last one.
+  // True when at least `interval` records follow the last checkpoint (cheap:
+  // ask this before opening the audit key).
+  Result<bool> checkpoint_due(std::int64_t interval);
+  // A checkpoint when checkpoint_due(interval).
   Status checkpoint_if_due(const hsm::Signer& key, const std::string& key_id, std::int64_t interval);
 
  private:

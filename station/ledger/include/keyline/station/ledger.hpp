@@ -1,6 +1,6 @@
 #pragma once
 // station::Ledger -- the station's record of everything it issued, in SQLite
-// (WAL, synchronous=FULL, file mode 0600). One writer at a time (SQLite's
+// (WAL, synchronous=FULL by default, file mode 0600). One writer at a time (SQLite's
 // lock; BEGIN IMMEDIATE), any number of readers.
 //
 // Invariants enforced by the schema, not only by code:
@@ -109,7 +109,14 @@ class Ledger {
     explicit Transaction(Ledger* l) : ledger_(l) {}
     Ledger* ledger_;
   };
-  Result<Transaction> begin();
+  // How a transaction reaches the disk. `durable` (the default) fsyncs the
+  // WAL at COMMIT. `deferred` commits without an fsync (SQLite's
+  // synchronous=NORMAL): after a power loss it may be lost, but never out of
+  // order -- the next durable commit syncs every frame before it too. Use it
+  // only for progress that is safe to redo (a provisioning step before the
+  // next durable one); anything that leaves the station must be durable first.
+  enum class Durability { durable, deferred };
+  Result<Transaction> begin(Durability durability = Durability::durable);
 
   // Inserts a certificate. With `supersede`, an active certificate for the
   // same (registration ID, profile) becomes "superseded" first; without it,
@@ -160,6 +167,7 @@ class Ledger {
   Error sqlite_error(const std::string& what) const;
 
   sqlite3* db_ = nullptr;
+  Durability sync_ = Durability::durable;  // the connection's current synchronous level
   std::filesystem::path path_;
   std::map<const char*, sqlite3_stmt*> cache_;
 };

@@ -23,7 +23,8 @@
 //
 // Each step commits, in one ledger transaction, the device row, a
 // provisioning_steps row and an audit record ("device.STEP"), so a device
-// that goes away at any step resumes when it comes back:
+// that goes away at any step resumes when it comes back (only the issuing,
+// final and failed steps wait for the disk; see record()):
 //   * a locked device whose ledger row is done is reported as already done;
 //   * a device that still holds the key of its active certificate (checked
 //     with a CHALLENGE) gets that certificate again -- it is not re-issued;
@@ -102,6 +103,10 @@ struct JobResult {
   std::vector<std::string> steps;
   double seconds = 0;
   bool reissued = false;  // a new certificate superseded an older one
+  // What crossed the link during the job, and frames sent again.
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::uint64_t retries = 0;
 };
 
 class ProvisioningJob {
@@ -113,7 +118,11 @@ class ProvisioningJob {
 
  private:
   struct State;
+  // Commits one step. Steps that are safe to redo are `deferred` (no fsync);
+  // an issued certificate (before it leaves the station), the final step and
+  // failures are `durable`, which also makes every step before them durable.
   Status record(State& st, const std::string& step, const std::string& outcome, const std::string& detail,
+                Ledger::Durability durability = Ledger::Durability::deferred,
                 const std::function<Status()>& extra = {});
   Status fail_device(State& st, const std::string& step, const Error& e);
   Status run_steps(State& st);
