@@ -91,6 +91,23 @@ TEST(TpmChallenge, TheDevicesTpmLoadsTheIdentityKeyAndItsHmacMatches) {
   EXPECT_EQ(*mac2, hmac_sha256(second->identity_key.reveal(), view(msg)));
 }
 
+TEST(TpmChallenge, AnRsaEndorsementKeyGetsAnOaepSeed) {
+  tk::Swtpm swtpm;
+  auto tpm = Tpm::open(swtpm.tcti());
+  ASSERT_TRUE(tpm);
+  auto ek = tpm->endorsement_key(Tpm::EkType::rsa_2048);
+  ASSERT_TRUE(ek) << ek.error().message();
+  auto srk = tpm->storage_root_key();
+  ASSERT_TRUE(srk);
+  auto challenge = emu::make_challenge(*ek, *srk);
+  ASSERT_TRUE(challenge) << challenge.error().message();
+  auto loaded = tpm->load_identity_key(challenge->blob);
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  auto mac = tpm->identity_hmac(view("rsa"));
+  ASSERT_TRUE(mac);
+  EXPECT_EQ(*mac, hmac_sha256(challenge->identity_key.reveal(), view("rsa")));
+}
+
 TEST(TpmChallenge, AChallengeForAnotherTpmDoesNotLoad) {
   tk::Swtpm mine, other;
   auto a = Tpm::open(mine.tcti());
