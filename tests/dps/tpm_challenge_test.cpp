@@ -24,7 +24,9 @@ using keyline::Bytes;
 using keyline::ByteView;
 using keyline::devsim::Tpm;
 
-ByteView view(const std::string& s) { return ByteView(reinterpret_cast<const unsigned char*>(s.data()), s.size()); }
+ByteView view(const std::string& s) {
+  return ByteView(reinterpret_cast<const unsigned char*>(s.data()), s.size());
+}
 
 Bytes hmac_sha256(ByteView key, ByteView data) {
   unsigned char out[32];
@@ -41,9 +43,11 @@ Bytes kbkdf(ByteView key, const std::string& label, ByteView context, std::size_
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_MAC, const_cast<char*>("HMAC"), 0),
       OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<unsigned char*>(key.data()), key.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<unsigned char*>(key.data()),
+                                        key.size()),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<char*>(label.data()), label.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<unsigned char*>(context.data()), context.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<unsigned char*>(context.data()),
+                                        context.size()),
       OSSL_PARAM_construct_end()};
   int ok = EVP_KDF_derive(ctx, out.data(), out.size(), params);
   EVP_KDF_CTX_free(ctx);
@@ -123,7 +127,8 @@ TEST(TpmChallenge, AChallengeForAnotherTpmDoesNotLoad) {
   ASSERT_TRUE(challenge) << challenge.error().message();
   auto loaded = a->load_identity_key(challenge->blob);
   ASSERT_FALSE(loaded);
-  EXPECT_NE(loaded.error().message().find("ActivateCredential"), std::string::npos) << loaded.error().message();
+  EXPECT_NE(loaded.error().message().find("ActivateCredential"), std::string::npos)
+      << loaded.error().message();
   // The right TPM does load it.
   EXPECT_TRUE(b->load_identity_key(challenge->blob));
   // A damaged blob is refused before the TPM sees it.

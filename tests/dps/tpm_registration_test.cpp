@@ -46,7 +46,8 @@ json stored_identity(const fs::path& emu_state, const std::string& regid) {
     sqlite3_stmt* s = nullptr;
     if (sqlite3_prepare_v2(db, "SELECT doc FROM tpm_identities WHERE id = ?", -1, &s, nullptr) == SQLITE_OK) {
       sqlite3_bind_text(s, 1, regid.c_str(), -1, SQLITE_TRANSIENT);
-      if (sqlite3_step(s) == SQLITE_ROW) out = json::parse(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
+      if (sqlite3_step(s) == SQLITE_ROW)
+        out = json::parse(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
     }
     sqlite3_finalize(s);
   }
@@ -60,18 +61,22 @@ class TpmRegistration : public ::testing::Test {
 
   void start_emulator() {
     emu_.reset();
-    emu_ = std::make_unique<tk::DpsEmulator>(dir_ / "emu", std::vector<std::string>{"--hubs", "hub-a.example,hub-b.example"});
-    env_ = {{"KEYLINE_LOG", "error"}, {"KEYLINE_OPERATOR", "line-tester"},
+    emu_ = std::make_unique<tk::DpsEmulator>(
+        dir_ / "emu", std::vector<std::string>{"--hubs", "hub-a.example,hub-b.example"});
+    env_ = {{"KEYLINE_LOG", "error"},
+            {"KEYLINE_OPERATOR", "line-tester"},
             {"KEYLINE_TEST_DPS_CS", emu_->connection_string()}};
     if (fs::exists(station())) return;
     auto r = tk::keyline(station(), {"ca", "init"}, env_);
     ASSERT_EQ(r.exit_code, 0) << describe(r);
-    tk::write_file(station() / "keyline.toml",
-                   tk::read_file(station() / "keyline.toml") +
-                       "\n[provision]\nmode = \"tpm\"\nregistration_id_template = \"{model}-{serial}\"\nid_scope = \"" +
-                       emu_->id_scope() + "\"\ntimeout_ms = 400\n"
-                       "\n[dps]\nconnection-string-source = \"env:KEYLINE_TEST_DPS_CS\"\nid-scope = \"" +
-                       emu_->id_scope() + "\"\nca-file = \"" + emu_->ca_cert() + "\"\n");
+    tk::write_file(
+        station() / "keyline.toml",
+        tk::read_file(station() / "keyline.toml") +
+            "\n[provision]\nmode = \"tpm\"\nregistration_id_template = \"{model}-{serial}\"\nid_scope = \"" +
+            emu_->id_scope() +
+            "\"\ntimeout_ms = 400\n"
+            "\n[dps]\nconnection-string-source = \"env:KEYLINE_TEST_DPS_CS\"\nid-scope = \"" +
+            emu_->id_scope() + "\"\nca-file = \"" + emu_->ca_cert() + "\"\n");
   }
   fs::path station() const { return dir_ / "station"; }
   fs::path device(const std::string& serial) const { return dir_ / (serial + ".json"); }
@@ -79,7 +84,8 @@ class TpmRegistration : public ::testing::Test {
 
   // `keyline device provision --mode tpm` on a devsim with `tpm`; the device is stopped afterwards.
   void provision(const std::string& serial, tk::Swtpm& tpm) {
-    auto sim = tk::Devsim::pty(device(serial), {"--serial-number", serial, "--model", "Meter", "--tpm", tpm.tcti()});
+    auto sim =
+        tk::Devsim::pty(device(serial), {"--serial-number", serial, "--model", "Meter", "--tpm", tpm.tcti()});
     auto r = keyline({"--json", "device", "provision", "--port", sim.port(), "--mode", "tpm"});
     ASSERT_EQ(r.exit_code, 0) << describe(r);
     EXPECT_EQ(json::parse(r.out).value("state", ""), "done") << r.out;
@@ -145,7 +151,8 @@ TEST_F(TpmRegistration, AProvisionedTpmDeviceRegistersWithItsOwnTpm) {
   // Registering again works too (a new challenge, a new key).
   auto again = register_device("SN-T1", tpm);
   ASSERT_EQ(again.exit_code, 0) << describe(again);
-  EXPECT_EQ(json::parse(again.out)["registrationState"].value("substatus", ""), "reprovisionedToInitialAssignment")
+  EXPECT_EQ(json::parse(again.out)["registrationState"].value("substatus", ""),
+            "reprovisionedToInitialAssignment")
       << again.out;
   EXPECT_NE(stored_identity(dir_ / "emu", "meter-sn-t1").value("key", ""), key_b64);
 }
@@ -176,8 +183,9 @@ TEST_F(TpmRegistration, DisabledAndUnknownEnrollmentsAreRefused) {
     auto ek = s.get_ek();
     ASSERT_TRUE(ek) << ek.error().message();
     tk::write_file(dir_ / "ek.b64", keyline::base64_encode(*ek) + "\n");
-    auto w = s.write(proto::Slot::dps_settings,
-                     proto::encode_dps_settings({emu_->id_scope(), "global.azure-devices-provisioning.net", "meter-off"}));
+    auto w = s.write(
+        proto::Slot::dps_settings,
+        proto::encode_dps_settings({emu_->id_scope(), "global.azure-devices-provisioning.net", "meter-off"}));
     ASSERT_TRUE(w) << w.error().message();
     EXPECT_EQ(sim.stop(), 0) << sim.stderr_text();
   }
