@@ -11,6 +11,7 @@
 #include <openssl/kdf.h>
 
 #include <cstring>
+#include <random>
 
 #include "keyline/testkit/swtpm.hpp"
 #include "tpm.hpp"
@@ -154,6 +155,39 @@ TEST(TpmChallenge, UnsuitablePublicAreasAreRefusedByName) {
   r = emu::make_challenge(off_curve, *ek);
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("tpm.endorsementKey"), std::string::npos) << r.error().message();
+}
+
+// Public areas come from the network: damaged ones are refused, never read out of bounds
+// (meaningful under ASan), and the device refuses every truncated challenge before its TPM sees it.
+TEST(TpmChallenge, DamagedInputsAreRefusedSafely) {
+  tk::Swtpm swtpm;
+  auto tpm = Tpm::open(swtpm.tcti());
+  ASSERT_TRUE(tpm);
+  auto ek = tpm->endorsement_key();
+  auto srk = tpm->storage_root_key();
+  ASSERT_TRUE(ek && srk);
+  std::mt19937 rng(7);
+  int refused = 0;
+  for (int i = 0; i < 2000; ++i) {
+    Bytes damaged = *ek;
+    for (int flips = 1 + static_cast<int>(rng() % 3); flips > 0; --flips)
+      damaged[rng() % damaged.size()] ^= static_cast<unsigned char>(1u << (rng() % 8));
+    if (rng() % 4 == 0) damaged.resize(rng() % damaged.size());
+    auto r = emu::make_challenge(damaged, *srk);
+    if (!r) {
+      ++refused;
+      EXPECT_EQ(r.error().domain(), keyline::Domain::input) << r.error().message();
+    }
+  }
+  EXPECT_GT(refused, 1000);
+  auto challenge = emu::make_challenge(*ek, *srk);
+  ASSERT_TRUE(challenge);
+  for (std::size_t n = 0; n < challenge->blob.size(); ++n) {
+    Bytes cut(challenge->blob.begin(), challenge->blob.begin() + static_cast<std::ptrdiff_t>(n));
+    auto r = tpm->load_identity_key(cut);
+    ASSERT_FALSE(r) << n;
+    EXPECT_EQ(r.error().domain(), keyline::Domain::input) << n;
+  }
 }
 
 }  // namespace
