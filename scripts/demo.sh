@@ -134,7 +134,11 @@ bash -n "$DEMO/infra/enrollment-groups/enrollment-groups.sh" && echo "   enrollm
 say "10. Provision a simulated line: devices on ptys in mixed modes and one on emulated USB"
 SIMS=()
 stop_sims() { for p in "${SIMS[@]}"; do kill "$p" 2>/dev/null || true; done; SIMS=(); }
-stop_all() { stop_sims; kill "${EMU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
+stop_all() {
+  stop_sims; kill "${EMU_PID:-}" 2>/dev/null || true
+  [ -z "${TPM_PID:-}" ] || kill "$TPM_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap stop_all EXIT
 # The DPS emulator, started from the ARM template of step 9, is this line's DPS.
 EMU_OUT="$DEMO/dps-emulator.out"
@@ -172,6 +176,17 @@ start_sim dev4 pty --serial-number C0001 --model meter
 port() { sed -n 's/^pty: //p' "$DEMO/$1.sim"; }
 PORTS=(--port "$(port dev1)" --port "$(port dev2),mode=x509-station-key" --port "$(port dev3),mode=symmetric-group"
        --port "$(port dev4),mode=symmetric-individual")
+# dev6 has a TPM (swtpm): provisioned in tpm mode (GET_EK), it registers later by TPM attestation.
+TPM_SOCK="$DEMO/swtpm/s"
+if command -v swtpm >/dev/null; then
+  mkdir -p "$DEMO/swtpm"
+  swtpm socket --tpm2 --server "type=unixio,path=$TPM_SOCK" --ctrl "type=unixio,path=$TPM_SOCK.ctrl" \
+    --flags not-need-init,startup-clear --tpmstate "dir=$DEMO/swtpm" --log "file=$DEMO/swtpm/log" &
+  TPM_PID=$!
+  for _ in $(seq 50); do [ -S "$TPM_SOCK" ] && break; sleep 0.1; done
+  start_sim dev6 pty --serial-number T0001 --model meter --tpm "swtpm:path=$TPM_SOCK"
+  PORTS+=(--port "$(port dev6),mode=tpm")
+fi
 USB_ENV=()
 if [ -e /usr/lib/x86_64-linux-gnu/libumockdev-preload.so.0 ] || ldconfig -p | grep -q libumockdev-preload; then
   start_sim dev5 usb 1209:0001 --serial-number U0001 --model gateway
@@ -207,10 +222,11 @@ TOML
 "$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps group create line-sym \
   --symmetric-key-source "file:$DEMO/line-group.key" | sed 's/^/   /'
 "$KEYLINE" --state "$STATE" --config "$DEMO/dps-emulator.toml" dps sync --once | sed 's/^/   /'
-for dev in dev1 dev2 dev3 dev4 dev5; do
+for dev in dev1 dev2 dev3 dev4 dev5 dev6; do
   [ -f "$DEMO/$dev.json" ] || continue
+  tpm=(); [ "$dev" = dev6 ] && tpm=(--tpm "swtpm:path=$TPM_SOCK")  # TPM attestation: challenge, key loaded in its TPM
   if "$BIN/keyline-devsim" --state "$DEMO/$dev.json" --register-with "$(emu device_endpoint)" --ca-cert "$(emu ca_cert)" \
-       > "$DEMO/$dev.registration.json" 2> "$DEMO/$dev.registration.err"; then
+       "${tpm[@]}" > "$DEMO/$dev.registration.json" 2> "$DEMO/$dev.registration.err"; then
     /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["registrationState"]; print("   %s: %s -> %s" % (sys.argv[2], r["registrationId"], r["assignedHub"]))' \
       "$DEMO/$dev.registration.json" "$dev"
   else
