@@ -23,12 +23,6 @@ Result<X509ExtPtr> make_ext(X509V3_CTX* ctx, int nid, const char* value) {
   return ext;
 }
 
-Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
-  KL_TRY(X509ExtPtr ext, make_ext(ctx, nid, value));
-  if (!X509_add_ext(cert, ext.get(), -1))
-    return std::unexpected(openssl_error(Domain::openssl, "adding an extension"));
-  return {};
-}
 
 TimePoint from_asn1(const ASN1_TIME* t) {
   std::tm tm{};
@@ -83,6 +77,13 @@ Result<GENERAL_NAME*> hardware_module_name(const std::string& oid, std::string_v
 }
 
 }  // namespace
+
+Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
+  KL_TRY(X509ExtPtr ext, make_ext(ctx, nid, value));
+  if (!X509_add_ext(cert, ext.get(), -1))
+    return std::unexpected(openssl_error(Domain::openssl, "adding an extension"));
+  return {};
+}
 
 std::string_view to_string(RevocationReason r) noexcept {
   switch (r) {

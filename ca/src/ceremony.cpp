@@ -8,13 +8,6 @@ namespace keyline::ca {
 
 namespace {
 
-Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
-  X509ExtPtr ext(X509V3_EXT_nconf_nid(nullptr, ctx, nid, value));
-  if (!ext || !X509_add_ext(cert, ext.get(), -1))
-    return std::unexpected(openssl_error(Domain::openssl, std::string("adding extension ") + OBJ_nid2sn(nid)));
-  return {};
-}
-
 enum class Kind { root, intermediate, signing };
 
 Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,

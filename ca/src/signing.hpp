@@ -13,6 +13,8 @@ namespace keyline::ca::detail {
 Bytes signature_algorithm_der(hsm::Algorithm a);
 
 Result<X509Ptr> sign_certificate(X509* cert, const hsm::Signer& signer);
+// Adds the extension `nid` = `value` (OpenSSL's config syntax) to `cert`.
+Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value);
 Result<X509CrlPtr> sign_crl(X509_CRL* crl, const hsm::Signer& signer);
 Result<X509ReqPtr> sign_request(X509_REQ* req, const hsm::Signer& signer);
 

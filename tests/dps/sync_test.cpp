@@ -14,7 +14,7 @@ using nlohmann::json;
 namespace {
 const char* kKey = "c3ltbWV0cmljLWtleS1vbmUtMzItYnl0ZXMtbG9uZyE=";
 
-std::unique_ptr<DpsClient> client_for(const testkit::DpsEmulator& emu, const Clock& clock) {
+std::unique_ptr<DpsClient> sync_client_for(const testkit::DpsEmulator& emu, const Clock& clock) {
   ClientOptions o;
   o.http.ca_file = emu.ca_cert();
   o.backoff = BackoffPolicy{std::chrono::milliseconds(10), std::chrono::milliseconds(1500), 12};
@@ -40,7 +40,7 @@ TEST(EnrollmentSync, DrainsThroughFaultsExactlyOnce) {
   }
   ASSERT_TRUE(outbox.enqueue("group", "create", "sync-group", with_key_source(Enrollment::group("sync-group").json(),
                                                                               "file:" + (dir / "key").string()).dump(), 1));
-  auto client = client_for(emu, clock);
+  auto client = sync_client_for(emu, clock);
   EnrollmentSync sync(*ledger, *client, clock, nullptr);
   std::uint64_t synced = 0;
   for (int pass = 0; pass < 5; ++pass) {
@@ -65,7 +65,7 @@ TEST(EnrollmentSync, ReadBackReconcilesEqualAndDeadLettersDifferent) {
   testkit::TempDir dir;
   testkit::DpsEmulator emu(dir / "emu");
   SystemClock clock;
-  auto client = client_for(emu, clock);
+  auto client = sync_client_for(emu, clock);
   // Already in DPS: one equal to what the outbox asks, one different.
   ASSERT_TRUE(client->put(std::move(Enrollment::individual("same-1").device_id("d1"))));
   ASSERT_TRUE(client->put(std::move(Enrollment::individual("diff-1").device_id("other"))));

@@ -13,7 +13,7 @@ namespace {
 namespace infra = station::infra;
 using OJson = nlohmann::ordered_json;
 
-infra::Deployment deployment(std::string toml = station_config()) {
+infra::Deployment sample_deployment(std::string toml = station_config()) {
   static const std::string intermediate = ca_pem("Emit Intermediate");
   static const std::string root = ca_pem("Emit Root");
   auto cfg = infra::parse_infra_config(toml, "keyline.toml");
@@ -81,7 +81,7 @@ std::vector<std::string> lines(const std::string& text) {
 bool identifier(const std::string& s) { return std::regex_match(s, std::regex("^[A-Za-z_][A-Za-z0-9_]*$")); }
 
 TEST(InfraBicep, CarriesEveryArmProperty) {
-  auto d = deployment();
+  auto d = sample_deployment();
   std::string bicep = infra::emit_bicep(d);
   auto ls = lines(bicep);
   std::size_t checked = 0;
@@ -115,7 +115,7 @@ TEST(InfraBicep, CarriesEveryArmProperty) {
 }
 
 TEST(InfraBicep, IsWellFormed) {
-  std::string bicep = infra::emit_bicep(deployment());
+  std::string bicep = infra::emit_bicep(sample_deployment());
   Scan s = scan(bicep, Lang::bicep);
   EXPECT_TRUE(s.balanced);
   EXPECT_TRUE(s.problems.empty()) << s.problems.front();
@@ -142,7 +142,7 @@ std::string tf_name(const std::string& arm) {
 }
 
 TEST(InfraTerraform, CarriesEveryArmProperty) {
-  auto d = deployment();
+  auto d = sample_deployment();
   std::string tf = infra::emit_terraform(d);
   static const std::regex attr(R"(^("[^"]*"|[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$)");
   std::vector<std::pair<std::string, std::string>> attrs;
@@ -176,7 +176,7 @@ TEST(InfraTerraform, CarriesEveryArmProperty) {
 }
 
 TEST(InfraTerraform, IsWellFormed) {
-  std::string tf = infra::emit_terraform(deployment());
+  std::string tf = infra::emit_terraform(sample_deployment());
   Scan s = scan(tf, Lang::hcl);
   EXPECT_TRUE(s.balanced);
   EXPECT_TRUE(s.problems.empty()) << s.problems.front();
@@ -193,7 +193,7 @@ TEST(InfraTerraform, IsWellFormed) {
 }
 
 TEST(InfraGroups, JsonIsTheServiceApiShape) {
-  auto d = deployment();
+  auto d = sample_deployment();
   auto j = nlohmann::json::parse(infra::emit_groups_json(d));
   ASSERT_EQ(j.size(), 3u);
   EXPECT_EQ(j[0]["enrollmentGroupId"], "line1-x509");
@@ -214,7 +214,7 @@ TEST(InfraGroups, JsonIsTheServiceApiShape) {
 }
 
 TEST(InfraGroups, ScriptUsesTheAzFlags) {
-  std::string sh = infra::emit_groups_script(deployment());
+  std::string sh = infra::emit_groups_script(sample_deployment());
   for (auto flag : {"--dps-name \"$dps_name\"", "--resource-group \"$resource_group\"", "--enrollment-id 'line1-x509'",
                     "--certificate-path \"$here/intermediate.pem\"", "--ca-name 'plant7-line1-root'",
                     "--provisioning-status 'disabled'", "--initial-twin-properties '{\"mode\":\"factory\",\"telemetry\":{\"interval\":30}}'",
@@ -225,7 +225,7 @@ TEST(InfraGroups, ScriptUsesTheAzFlags) {
 }
 
 TEST(InfraArmTemplate, ReadsOurOwnOutput) {
-  auto d = deployment();
+  auto d = sample_deployment();
   auto t = infra::parse_arm_template(infra::emit_arm(d), "azuredeploy.json");
   ASSERT_TRUE(t) << t.error().message();
   EXPECT_EQ(t->name, "factory-dps-1");
@@ -245,7 +245,7 @@ TEST(InfraArmTemplate, ReadsOurOwnOutput) {
 }
 
 TEST(InfraArmTemplate, ReadsHandWrittenShapes) {
-  auto d = deployment();
+  auto d = sample_deployment();
   // Literal connection string, certificate as a nested child in PEM, not verified.
   nlohmann::json t = {
       {"resources",
@@ -271,7 +271,7 @@ TEST(InfraArmTemplate, ReadsHandWrittenShapes) {
 }
 
 TEST(InfraArmTemplate, ErrorsNameThePath) {
-  auto base = nlohmann::json::parse(infra::emit_arm(deployment()));
+  auto base = nlohmann::json::parse(infra::emit_arm(sample_deployment()));
   struct Case {
     std::function<void(nlohmann::json&)> edit;
     std::string message;

@@ -4,35 +4,21 @@
 
 #include <memory>
 
+#include "sqlite_util.hpp"
+
 namespace keyline::station {
 
 namespace {
 
-struct StmtFree {
-  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
-};
-using Stmt = std::unique_ptr<sqlite3_stmt, StmtFree>;
+using sql::text;
 
-Error db_error(sqlite3* db, const std::string& what) {
-  return Error(Domain::sqlite, "ledger " + what + ": " + sqlite3_errmsg(db), sqlite3_errcode(db));
-}
+Error device_db_error(sqlite3* db, const std::string& what) { return sql::error(db, "ledger " + what); }
 
-Result<Stmt> prepare(sqlite3* db, const char* sql) {
-  sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) return std::unexpected(db_error(db, "prepare"));
-  return Stmt(s);
-}
+Result<sql::Stmt> device_prepare(sqlite3* db, const char* statement) { return sql::prepare(db, statement, "ledger prepare"); }
 
-void bind_text(sqlite3_stmt* s, int i, const std::string& v) {
-  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-}
+void bind_text(sqlite3_stmt* s, int i, const std::string& v) { sql::bind(s, i, v); }
 
-std::string text(sqlite3_stmt* s, int i) {
-  auto* p = sqlite3_column_text(s, i);
-  return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
-}
-
-constexpr const char* kColumns =
+constexpr const char* kDeviceColumns =
     "id, serial_number, model, hardware_id, registration_id, profile, mode, state, pubkey_sha256, "
     "cert_serial, endorsement_key, locked, last_error, created_at, updated_at";
 
@@ -60,7 +46,7 @@ Result<std::optional<DeviceRecord>> one(sqlite3* db, sqlite3_stmt* s) {
   int rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) return std::optional<DeviceRecord>(read_device(s));
   if (rc == SQLITE_DONE) return std::optional<DeviceRecord>();
-  return std::unexpected(db_error(db, "reading devices"));
+  return std::unexpected(device_db_error(db, "reading devices"));
 }
 
 }  // namespace
@@ -68,7 +54,7 @@ Result<std::optional<DeviceRecord>> one(sqlite3* db, sqlite3_stmt* s) {
 Result<std::optional<DeviceRecord>> Devices::find(const std::string& model, const std::string& serial_number,
                                                   const std::string& hardware_id) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, (std::string("SELECT ") + kColumns +
+  KL_TRY(sql::Stmt s, device_prepare(db, (std::string("SELECT ") + kDeviceColumns +
                               " FROM devices WHERE model = ?1 AND serial_number = ?2 AND hardware_id = ?3")
                                  .c_str()));
   bind_text(s.get(), 1, model);
@@ -79,7 +65,7 @@ Result<std::optional<DeviceRecord>> Devices::find(const std::string& model, cons
 
 Result<std::optional<DeviceRecord>> Devices::by_registration_id(const std::string& registration_id) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, (std::string("SELECT ") + kColumns +
+  KL_TRY(sql::Stmt s, device_prepare(db, (std::string("SELECT ") + kDeviceColumns +
                               " FROM devices WHERE registration_id = ?1 ORDER BY id DESC LIMIT 1")
                                  .c_str()));
   bind_text(s.get(), 1, registration_id);
@@ -96,7 +82,7 @@ Status Devices::save(DeviceRecord& d) {
                   "profile = ?5, mode = ?6, state = ?7, pubkey_sha256 = ?8, cert_serial = ?9, "
                   "endorsement_key = ?10, locked = ?11, last_error = ?12, created_at = ?13, updated_at = ?14 "
                   "WHERE id = ?15";
-  KL_TRY(Stmt s, prepare(db, sql));
+  KL_TRY(sql::Stmt s, device_prepare(db, sql));
   bind_text(s.get(), 1, d.serial_number);
   bind_text(s.get(), 2, d.model);
   bind_text(s.get(), 3, d.hardware_id);
@@ -112,27 +98,27 @@ Status Devices::save(DeviceRecord& d) {
   sqlite3_bind_int64(s.get(), 13, d.created_at);
   sqlite3_bind_int64(s.get(), 14, d.updated_at);
   if (d.id != 0) sqlite3_bind_int64(s.get(), 15, d.id);
-  if (sqlite3_step(s.get()) != SQLITE_DONE) return std::unexpected(db_error(db, "saving device " + d.serial_number));
+  if (sqlite3_step(s.get()) != SQLITE_DONE) return std::unexpected(device_db_error(db, "saving device " + d.serial_number));
   if (d.id == 0) d.id = sqlite3_last_insert_rowid(db);
   return {};
 }
 
 Status Devices::add_step(const StepRecord& st) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "INSERT INTO provisioning_steps (device_id, step, outcome, detail, time) "
+  KL_TRY(sql::Stmt s, device_prepare(db, "INSERT INTO provisioning_steps (device_id, step, outcome, detail, time) "
                              "VALUES (?1, ?2, ?3, ?4, ?5)"));
   sqlite3_bind_int64(s.get(), 1, st.device_id);
   bind_text(s.get(), 2, st.step);
   bind_text(s.get(), 3, st.outcome);
   bind_text(s.get(), 4, st.detail);
   sqlite3_bind_int64(s.get(), 5, st.time);
-  if (sqlite3_step(s.get()) != SQLITE_DONE) return std::unexpected(db_error(db, "recording a provisioning step"));
+  if (sqlite3_step(s.get()) != SQLITE_DONE) return std::unexpected(device_db_error(db, "recording a provisioning step"));
   return {};
 }
 
 Result<std::vector<StepRecord>> Devices::steps(std::int64_t device_id) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "SELECT device_id, step, outcome, detail, time FROM provisioning_steps "
+  KL_TRY(sql::Stmt s, device_prepare(db, "SELECT device_id, step, outcome, detail, time FROM provisioning_steps "
                              "WHERE device_id = ?1 ORDER BY id"));
   sqlite3_bind_int64(s.get(), 1, device_id);
   std::vector<StepRecord> out;
@@ -140,16 +126,16 @@ Result<std::vector<StepRecord>> Devices::steps(std::int64_t device_id) {
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW)
     out.push_back({sqlite3_column_int64(s.get(), 0), text(s.get(), 1), text(s.get(), 2), text(s.get(), 3),
                    sqlite3_column_int64(s.get(), 4)});
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "reading provisioning steps"));
+  if (rc != SQLITE_DONE) return std::unexpected(device_db_error(db, "reading provisioning steps"));
   return out;
 }
 
 Status Devices::for_each(const std::function<void(const DeviceRecord&)>& fn) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, (std::string("SELECT ") + kColumns + " FROM devices ORDER BY id").c_str()));
+  KL_TRY(sql::Stmt s, device_prepare(db, (std::string("SELECT ") + kDeviceColumns + " FROM devices ORDER BY id").c_str()));
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) fn(read_device(s.get()));
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "reading devices"));
+  if (rc != SQLITE_DONE) return std::unexpected(device_db_error(db, "reading devices"));
   return {};
 }
 

@@ -4,34 +4,20 @@
 
 #include <memory>
 
+#include "sqlite_util.hpp"
+
 namespace keyline::station {
 
 namespace {
 
-struct StmtFree {
-  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
-};
-using Stmt = std::unique_ptr<sqlite3_stmt, StmtFree>;
+using sql::bind;
+using sql::text;
 
-Error db_error(sqlite3* db, const std::string& what) {
-  return Error(Domain::sqlite, what + " (enrollment outbox): " + sqlite3_errmsg(db), sqlite3_extended_errcode(db));
-}
+Error outbox_db_error(sqlite3* db, const std::string& what) { return sql::error(db, what + " (enrollment outbox)"); }
 
-Result<Stmt> prepare(sqlite3* db, const char* sql) {
-  sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) return std::unexpected(db_error(db, "prepare"));
-  return Stmt(s);
-}
+Result<sql::Stmt> outbox_prepare(sqlite3* db, const char* statement) { return sql::prepare(db, statement, "prepare (enrollment outbox)"); }
 
-void bind(sqlite3_stmt* s, int i, const std::string& v) { sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); }
-void bind(sqlite3_stmt* s, int i, std::int64_t v) { sqlite3_bind_int64(s, i, v); }
-
-std::string text(sqlite3_stmt* s, int i) {
-  auto* p = sqlite3_column_text(s, i);
-  return p ? reinterpret_cast<const char*>(p) : "";
-}
-
-constexpr const char* kColumns =
+constexpr const char* kOutboxColumns =
     "id, registration_id, kind, operation, payload, state, attempts, last_error, etag, created_at, updated_at";
 
 OutboxRow read_row(sqlite3_stmt* s) {
@@ -51,7 +37,7 @@ OutboxRow read_row(sqlite3_stmt* s) {
 }
 
 Status step_done(sqlite3* db, sqlite3_stmt* s, const char* what) {
-  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(db_error(db, what));
+  if (sqlite3_step(s) != SQLITE_DONE) return std::unexpected(outbox_db_error(db, what));
   return {};
 }
 
@@ -61,7 +47,7 @@ Result<std::int64_t> Outbox::enqueue(const std::string& kind, const std::string&
                                      const std::string& registration_id, const std::string& payload,
                                      std::int64_t now) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "INSERT INTO enrollment_outbox (registration_id, kind, operation, payload, state, "
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "INSERT INTO enrollment_outbox (registration_id, kind, operation, payload, state, "
                              "created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)"));
   bind(s.get(), 1, registration_id);
   bind(s.get(), 2, kind);
@@ -78,9 +64,9 @@ Result<std::int64_t> Outbox::enqueue(const std::string& kind, const std::string&
 Status Outbox::record(const char* event, std::int64_t id, const std::string& detail) {
   if (!recorder_) return {};
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "SELECT registration_id, kind, operation FROM enrollment_outbox WHERE id = ?"));
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "SELECT registration_id, kind, operation FROM enrollment_outbox WHERE id = ?"));
   bind(s.get(), 1, id);
-  if (sqlite3_step(s.get()) != SQLITE_ROW) return std::unexpected(db_error(db, "read back an outbox row"));
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return std::unexpected(outbox_db_error(db, "read back an outbox row"));
   OutboxRow row;
   row.id = id;
   row.registration_id = text(s.get(), 0);
@@ -91,21 +77,21 @@ Status Outbox::record(const char* event, std::int64_t id, const std::string& det
 
 Result<std::vector<OutboxRow>> Outbox::pending(std::int64_t after_id, std::size_t limit) {
   sqlite3* db = ledger_.handle();
-  std::string sql = std::string("SELECT ") + kColumns +
+  std::string sql = std::string("SELECT ") + kOutboxColumns +
                     " FROM enrollment_outbox WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?";
-  KL_TRY(Stmt s, prepare(db, sql.c_str()));
+  KL_TRY(sql::Stmt s, outbox_prepare(db, sql.c_str()));
   bind(s.get(), 1, after_id);
   bind(s.get(), 2, static_cast<std::int64_t>(limit));
   std::vector<OutboxRow> out;
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_row(s.get()));
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "read pending enrollments"));
+  if (rc != SQLITE_DONE) return std::unexpected(outbox_db_error(db, "read pending enrollments"));
   return out;
 }
 
 Status Outbox::mark_synced(std::int64_t id, const std::string& etag, std::int64_t now) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "UPDATE enrollment_outbox SET state = 'synced', etag = ?, last_error = NULL, "
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "UPDATE enrollment_outbox SET state = 'synced', etag = ?, last_error = NULL, "
                              "attempts = attempts + 1, updated_at = ? WHERE id = ?"));
   bind(s.get(), 1, etag);
   bind(s.get(), 2, now);
@@ -116,7 +102,7 @@ Status Outbox::mark_synced(std::int64_t id, const std::string& etag, std::int64_
 
 Status Outbox::mark_dead(std::int64_t id, const std::string& reason, std::int64_t now) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "UPDATE enrollment_outbox SET state = 'dead', last_error = ?, "
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "UPDATE enrollment_outbox SET state = 'dead', last_error = ?, "
                              "attempts = attempts + 1, updated_at = ? WHERE id = ?"));
   bind(s.get(), 1, reason);
   bind(s.get(), 2, now);
@@ -127,7 +113,7 @@ Status Outbox::mark_dead(std::int64_t id, const std::string& reason, std::int64_
 
 Status Outbox::mark_retry(std::int64_t id, const std::string& error, std::int64_t now) {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "UPDATE enrollment_outbox SET last_error = ?, attempts = attempts + 1, "
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "UPDATE enrollment_outbox SET last_error = ?, attempts = attempts + 1, "
                              "updated_at = ? WHERE id = ? AND state = 'pending'"));
   bind(s.get(), 1, error);
   bind(s.get(), 2, now);
@@ -137,37 +123,37 @@ Status Outbox::mark_retry(std::int64_t id, const std::string& error, std::int64_
 
 Result<std::map<std::string, std::int64_t>> Outbox::counts() {
   sqlite3* db = ledger_.handle();
-  KL_TRY(Stmt s, prepare(db, "SELECT state, count(*) FROM enrollment_outbox GROUP BY state"));
+  KL_TRY(sql::Stmt s, outbox_prepare(db, "SELECT state, count(*) FROM enrollment_outbox GROUP BY state"));
   std::map<std::string, std::int64_t> out{{"pending", 0}, {"synced", 0}, {"dead", 0}};
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out[text(s.get(), 0)] = sqlite3_column_int64(s.get(), 1);
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "count enrollments"));
+  if (rc != SQLITE_DONE) return std::unexpected(outbox_db_error(db, "count enrollments"));
   return out;
 }
 
 Result<std::vector<OutboxRow>> Outbox::rows_in_state(const std::string& state, std::size_t limit) {
   sqlite3* db = ledger_.handle();
-  std::string sql = std::string("SELECT ") + kColumns + " FROM enrollment_outbox WHERE state = ? ORDER BY id LIMIT ?";
-  KL_TRY(Stmt s, prepare(db, sql.c_str()));
+  std::string sql = std::string("SELECT ") + kOutboxColumns + " FROM enrollment_outbox WHERE state = ? ORDER BY id LIMIT ?";
+  KL_TRY(sql::Stmt s, outbox_prepare(db, sql.c_str()));
   bind(s.get(), 1, state);
   bind(s.get(), 2, static_cast<std::int64_t>(limit));
   std::vector<OutboxRow> out;
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_row(s.get()));
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "read enrollments"));
+  if (rc != SQLITE_DONE) return std::unexpected(outbox_db_error(db, "read enrollments"));
   return out;
 }
 
 Result<std::optional<OutboxRow>> Outbox::latest(const std::string& kind, const std::string& registration_id) {
   sqlite3* db = ledger_.handle();
-  std::string sql = std::string("SELECT ") + kColumns +
+  std::string sql = std::string("SELECT ") + kOutboxColumns +
                     " FROM enrollment_outbox WHERE kind = ? AND registration_id = ? ORDER BY id DESC LIMIT 1";
-  KL_TRY(Stmt s, prepare(db, sql.c_str()));
+  KL_TRY(sql::Stmt s, outbox_prepare(db, sql.c_str()));
   bind(s.get(), 1, kind);
   bind(s.get(), 2, registration_id);
   int rc = sqlite3_step(s.get());
   if (rc == SQLITE_ROW) return std::optional<OutboxRow>(read_row(s.get()));
-  if (rc != SQLITE_DONE) return std::unexpected(db_error(db, "read an enrollment"));
+  if (rc != SQLITE_DONE) return std::unexpected(outbox_db_error(db, "read an enrollment"));
   return std::optional<OutboxRow>();
 }
 
