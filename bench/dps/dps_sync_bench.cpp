@@ -10,6 +10,7 @@
 #include <iostream>
 #include <set>
 
+#include "keyline/core/log.hpp"
 #include "keyline/station/dps/sync.hpp"
 #include "keyline/testkit/dps_emulator.hpp"
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 10000;
   double q = argc > 2 ? std::atof(argv[2]) : 1000;
   std::string f429 = argc > 3 ? argv[3] : "0.005", f500 = argc > 4 ? argv[4] : "0.005";
+  if (const char* spec = std::getenv("KEYLINE_LOG")) (void)log::configure(spec, log::Format::text);
   testkit::TempDir dir;
   testkit::DpsEmulator emu(dir / "emu", {"--quota", std::to_string(q), "--fail-rate-429", f429, "--fail-rate-500", f500,
                                          "--retry-after", "1", "--seed", "5"});
@@ -60,7 +62,8 @@ int main(int argc, char** argv) {
     for (auto& e : page->items) ids.insert(e.value("registrationId", ""));
   double per_min = counts["synced"] / secs * 60.0, ideal = 10.0 * q;
   std::cout << "dps sync: " << counts["synced"] << " of " << n << " enrollments in " << secs << " s, " << calls
-            << " bulk calls, " << client.stats().throttled << " x 429, " << client.stats().server_errors << " x 5xx\n"
+            << " bulk calls, " << client.stats().requests << " requests, " << client.stats().throttled << " x 429, "
+            << client.stats().server_errors << " x 5xx, " << client.stats().connection_errors << " connection errors\n"
             << "  achieved " << per_min << " enrollments/min; ideal 10 x Q = " << ideal << " (Q = " << q
             << " ops/min); ratio " << per_min / ideal << " (target >= 0.9)\n"
             << "  emulator holds " << (page ? page->items.size() : 0) << " enrollments, " << ids.size()

@@ -45,12 +45,29 @@ Error service_error(const std::string& method, const std::string& path, const Ht
 DpsClient::DpsClient(ConnectionString cs, const Clock& clock, ClientOptions options)
     : base_("https://" + cs.host_name),
       options_(options),
+      limiter_(options.quota_per_minute),
       sas_(std::move(cs), clock),
-      http_(options.http),
-      backoff_(options.backoff),
-      limiter_(options.quota_per_minute) {}
+      backoff_(options.backoff) {}
 
 DpsClient::~DpsClient() = default;
+
+ClientStats DpsClient::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+std::unique_ptr<HttpTransport> DpsClient::take_transport() {
+  std::lock_guard lock(mu_);
+  if (idle_.empty()) return std::make_unique<HttpTransport>(options_.http);
+  auto t = std::move(idle_.back());
+  idle_.pop_back();
+  return t;
+}
+
+void DpsClient::give_back(std::unique_ptr<HttpTransport> t) {
+  std::lock_guard lock(mu_);
+  idle_.push_back(std::move(t));
+}
 
 Result<HttpResponse> DpsClient::call(const std::string& method, const std::string& path, const std::string& body,
                                      std::map<std::string, std::string> headers) {
@@ -60,22 +77,35 @@ Result<HttpResponse> DpsClient::call(const std::string& method, const std::strin
   headers["Accept"] = "application/json";
   if (method != "DELETE" && method != "GET") headers["Content-Type"] = "application/json; charset=utf-8";
   std::optional<Error> last;
+  auto transport = take_transport();
+  struct GiveBack {
+    DpsClient* c;
+    std::unique_ptr<HttpTransport>& t;
+    ~GiveBack() { c->give_back(std::move(t)); }
+  } give_back_on_exit{this, transport};
   for (int attempt = 0; attempt < std::max(1, options_.backoff.max_attempts); ++attempt) {
     limiter_.acquire();
-    KL_TRY(headers["Authorization"], sas_.get());
-    ++stats_.requests;
-    auto r = http_.request(method, url, headers, body);
+    {
+      std::lock_guard lock(mu_);
+      auto token = sas_.get();
+      if (!token) return std::unexpected(token.error());
+      headers["Authorization"] = std::move(*token);
+      ++stats_.requests;
+    }
+    auto r = transport->request(method, url, headers, body);
     std::optional<std::chrono::seconds> retry_after;
     if (!r) {
-      ++stats_.connection_errors;
+      {
+        std::lock_guard lock(mu_);
+        ++stats_.connection_errors;
+      }
       last = r.error();
       logger->debug("{} {}: connection error (attempt {}): {}", method, path, attempt + 1, r.error().message());
     } else if (r->status == 429 || r->status >= 500) {
-      if (r->status == 429) {
-        ++stats_.throttled;
-        limiter_.drain();
-      } else {
-        ++stats_.server_errors;
+      if (r->status == 429) limiter_.drain();
+      {
+        std::lock_guard lock(mu_);
+        ++(r->status == 429 ? stats_.throttled : stats_.server_errors);
       }
       retry_after = parse_retry_after(r->header("retry-after"));
       last = service_error(method, path, *r);
@@ -83,8 +113,14 @@ Result<HttpResponse> DpsClient::call(const std::string& method, const std::strin
     } else {
       return r;
     }
-    if (attempt + 1 < options_.backoff.max_attempts)
-      std::this_thread::sleep_for(backoff_.delay(attempt, retry_after));
+    if (attempt + 1 < options_.backoff.max_attempts) {
+      std::chrono::milliseconds pause;
+      {
+        std::lock_guard lock(mu_);
+        pause = backoff_.delay(attempt, retry_after);
+      }
+      std::this_thread::sleep_for(pause);
+    }
   }
   return std::unexpected(last->with_context("gave up after " + std::to_string(options_.backoff.max_attempts) +
                                             " attempts (DPS unreachable or throttling; the outbox keeps the work)"));

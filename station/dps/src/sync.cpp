@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <deque>
+#include <future>
 #include <set>
 
 #include "keyline/core/files.hpp"
@@ -107,7 +109,16 @@ Status EnrollmentSync::reconcile(const OutboxRow& row, const json& desired, Sync
   return {};
 }
 
-Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report) {
+struct EnrollmentSync::Flight {
+  EnrollmentKind kind = EnrollmentKind::individual;
+  bool is_delete = false;
+  std::vector<json> items;
+  std::vector<OutboxRow> sent;
+  std::future<Result<BulkResult>> result;
+};
+
+Result<std::optional<EnrollmentSync::Flight>> EnrollmentSync::launch(std::vector<OutboxRow>& batch,
+                                                                     SyncReport& report) {
   EnrollmentKind kind = batch.front().kind == "group" ? EnrollmentKind::group : EnrollmentKind::individual;
   bool is_delete = batch.front().operation == "delete";
   std::int64_t now = clock_.now().time_since_epoch().count();
@@ -138,13 +149,25 @@ Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report
     }
     sent.push_back(row);
   }
-  if (items.empty()) return {};
-  auto result = client_.bulk(kind, is_delete ? BulkMode::remove : BulkMode::create, items);
+  if (items.empty()) return std::optional<Flight>();
+  Flight f{kind, is_delete, std::move(items), std::move(sent), {}};
+  DpsClient* client = &client_;
+  const BulkMode mode = is_delete ? BulkMode::remove : BulkMode::create;
+  f.result = std::async(std::launch::async,
+                        [client, kind, mode, payload = f.items] { return client->bulk(kind, mode, payload); });
   ++report.bulk_calls;
+  return std::optional<Flight>(std::move(f));
+}
+
+Status EnrollmentSync::settle(Flight& f, SyncReport& report) {
+  const bool is_delete = f.is_delete;
+  std::vector<json>& items = f.items;
+  std::vector<OutboxRow>& sent = f.sent;
+  auto result = f.result.get();
   ++bulk_calls_;
   if (const char* crash = std::getenv("KEYLINE_DPS_SYNC_CRASH_AFTER_HTTP"); crash && std::atoi(crash) == bulk_calls_)
     _exit(99);
-  now = clock_.now().time_since_epoch().count();
+  std::int64_t now = clock_.now().time_since_epoch().count();
   KL_TRY(auto tx, ledger_.begin());
   if (!result) {
     const Error& e = result.error();
@@ -215,16 +238,35 @@ Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report
   return {};
 }
 
+Status EnrollmentSync::process(std::vector<OutboxRow>& batch, SyncReport& report) {
+  KL_TRY(auto flight, launch(batch, report));
+  if (!flight) return {};
+  return settle(*flight, report);
+}
+
 Result<SyncReport> EnrollmentSync::run_once() {
   SyncReport report;
   std::int64_t cursor = 0;
-  for (;;) {
-    KL_TRY(auto rows, outbox_.pending(cursor, 64));
-    if (rows.empty()) break;
+  std::deque<Flight> flights;
+  // The first error stops new calls; the calls in flight are still settled
+  // (recorded) before it is returned.
+  std::optional<Error> stopped;
+  auto settle_front = [&] {
+    Status s = settle(flights.front(), report);
+    flights.pop_front();
+    if (!s && !stopped) stopped = s.error();
+  };
+  while (!stopped) {
+    auto rows = outbox_.pending(cursor, 64);
+    if (!rows) {
+      stopped = rows.error();
+      break;
+    }
+    if (rows->empty()) break;
     // Consecutive rows of one kind and operation, distinct IDs, at most 10.
     std::vector<OutboxRow> batch;
     std::set<std::string> ids;
-    for (auto& r : rows) {
+    for (auto& r : *rows) {
       if (!batch.empty() && (r.kind != batch.front().kind || r.operation != batch.front().operation)) break;
       std::string lower = r.registration_id;
       for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -233,8 +275,16 @@ Result<SyncReport> EnrollmentSync::run_once() {
       if (batch.size() == DpsClient::kMaxBulk) break;
     }
     cursor = batch.back().id;
-    KL_CHECK(process(batch, report));
+    auto flight = launch(batch, report);
+    if (!flight) {
+      stopped = flight.error();
+      break;
+    }
+    if (*flight) flights.push_back(std::move(**flight));
+    while (static_cast<int>(flights.size()) >= in_flight_) settle_front();
   }
+  while (!flights.empty()) settle_front();
+  if (stopped) return std::unexpected(*stopped);
   log::get("dps")->info("sync: {} synced ({} by read-back), {} dead, {} left pending, {} bulk calls", report.synced,
                         report.reconciled, report.dead, report.retry, report.bulk_calls);
   return report;

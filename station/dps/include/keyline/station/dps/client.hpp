@@ -11,6 +11,8 @@
 
 #include <memory>
 #include <optional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,8 @@ struct ClientStats {
 // The errorCode of a DPS error (0 for other errors): native_code of Domain::policy errors.
 std::int64_t dps_error_code(const Error& e);
 
+// Thread-safe: calls from several threads share the rate limiter, the SAS
+// token and the statistics, each on its own HTTP connection (a small pool).
 class DpsClient {
  public:
   static constexpr std::size_t kMaxBulk = 10;
@@ -86,7 +90,7 @@ class DpsClient {
   Result<QueryPage> query_registration_states(const std::string& group_id, int page_size = 0,
                                               const std::string& continuation = {});
 
-  const ClientStats& stats() const { return stats_; }
+  ClientStats stats() const;
 
  private:
   Result<HttpResponse> call(const std::string& method, const std::string& path, const std::string& body,
@@ -94,12 +98,16 @@ class DpsClient {
   Result<nlohmann::json> json_call(const std::string& method, const std::string& path, const std::string& body,
                                    std::map<std::string, std::string> headers = {});
 
+  std::unique_ptr<HttpTransport> take_transport();
+  void give_back(std::unique_ptr<HttpTransport> t);
+
   std::string base_;
   ClientOptions options_;
-  SasToken sas_;
-  HttpTransport http_;
-  Backoff backoff_;
   RateLimiter limiter_;
+  mutable std::mutex mu_;  // guards what follows
+  SasToken sas_;
+  std::vector<std::unique_ptr<HttpTransport>> idle_;
+  Backoff backoff_;
   ClientStats stats_;
 };
 

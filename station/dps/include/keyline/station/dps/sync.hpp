@@ -66,8 +66,19 @@ class EnrollmentSync {
   Result<SyncReport> run_once();
   // The audit trail's hook (see Outbox::set_recorder).
   void set_recorder(Outbox::Recorder r) { outbox_.set_recorder(std::move(r)); }
+  // Bulk calls in flight at once (default 4): DPS answers in tens to hundreds
+  // of milliseconds, so one call at a time cannot use the quota. The rate
+  // limit is shared; the ledger is written by the calling thread only.
+  void set_in_flight(int n) { in_flight_ = n < 1 ? 1 : n; }
 
  private:
+  struct Flight;
+  // Materialises a batch (rows that cannot be are recorded now) and starts
+  // its bulk call; nullopt when nothing is left to send.
+  Result<std::optional<Flight>> launch(std::vector<OutboxRow>& batch, SyncReport& report);
+  // Waits for a flight's answer and records it in the ledger.
+  Status settle(Flight& flight, SyncReport& report);
+  // launch + settle, for one batch.
   Status process(std::vector<OutboxRow>& batch, SyncReport& report);
   Status reconcile(const OutboxRow& row, const nlohmann::json& desired, SyncReport& report);
   Result<nlohmann::json> materialise(const OutboxRow& row);
@@ -78,6 +89,7 @@ class EnrollmentSync {
   const Clock& clock_;
   hsm::KeyStore* key_store_;
   int bulk_calls_ = 0;
+  int in_flight_ = 4;
 };
 
 }  // namespace keyline::station::dps
