@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <sstream>
 #include <thread>
 
 #include "keyline/testkit/devsim.hpp"
@@ -32,6 +33,19 @@ TEST(LineRun, ThreeDevicesOnThreePortsInMixedModes) {
   EXPECT_EQ(scalar(state, "SELECT count(*) FROM certificates"), "2");
   EXPECT_TRUE(show(dir / "a.json")["locked"].get<bool>());
   EXPECT_TRUE(show(dir / "b.json")["locked"].get<bool>());
+  // The device report shows each certificate's DPS enrollment, queued by the line.
+  auto rep = keyline::testkit::keyline(state, {"report", "devices", "--format", "jsonl"}, kEnv);
+  ASSERT_EQ(rep.exit_code, 0) << rep.err;
+  std::istringstream lines(rep.out);
+  int seen = 0;
+  for (std::string l; std::getline(lines, l);) {
+    auto d = nlohmann::json::parse(l);
+    if (d["registration_id"] != "m-a1") continue;
+    ++seen;
+    EXPECT_EQ(d["device_serial"], "A1");
+    EXPECT_EQ(d["enrollment"], "individual create pending");
+  }
+  EXPECT_EQ(seen, 1);
 }
 
 TEST(LineRun, NoPortIsAUsageError) {

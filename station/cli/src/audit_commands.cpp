@@ -3,6 +3,7 @@
 #include "app.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/station/audit_export.hpp"
+#include "keyline/station/outbox.hpp"
 
 namespace keyline::cli {
 
@@ -141,10 +142,20 @@ Status report_devices(const Context& ctx, const std::string& since, const std::s
   }
   std::size_t count = 0;
   Status inner;
+  station::Outbox outbox(ledger);
   KL_CHECK(ledger.for_each_certificate({}, [&](const station::CertificateRecord& r) {
     if (!inner || r.issued_at < since_time) return;
+    // The registration ID's latest individual enrollment in the outbox
+    // ("individual create synced"), or "none" (a group covers it, or DPS is not used).
+    auto enrolled = outbox.latest("individual", r.registration_id);
+    if (!enrolled) {
+      inner = std::unexpected(enrolled.error());
+      return;
+    }
+    std::string enrollment =
+        *enrolled ? "individual " + (*enrolled)->operation + " " + (*enrolled)->state : std::string("none");
     std::vector<std::string> v = {r.device_serial, r.registration_id, r.serial, r.cert_sha256, r.pubkey_sha256,
-                                  r.profile, r.status, iso_time(r.issued_at), iso_time(r.not_after), "none",
+                                  r.profile, r.status, iso_time(r.issued_at), iso_time(r.not_after), enrollment,
                                   station_id.value_or(""), r.operator_name, r.batch_id};
     std::string line;
     if (format == "csv") {
