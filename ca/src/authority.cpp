@@ -78,7 +78,7 @@ Result<GENERAL_NAME*> hardware_module_name(const std::string& oid, std::string_v
 
 }  // namespace
 
-Status add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
+Status detail::add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
   KL_TRY(X509ExtPtr ext, make_ext(ctx, nid, value));
   if (!X509_add_ext(cert, ext.get(), -1))
     return std::unexpected(openssl_error(Domain::openssl, "adding an extension"));
@@ -370,14 +370,14 @@ Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request
 
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer_.get(), cert.get(), nullptr, nullptr, 0);
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
   bool ec = EVP_PKEY_is_a(subject_key.get(), "EC");
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage,
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_key_usage,
                    ec && profile.key_agreement ? "critical,digitalSignature,keyAgreement"
                                                : "critical,digitalSignature"));
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_ext_key_usage, "clientAuth"));
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_ext_key_usage, "clientAuth"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
   KL_TRY(GeneralNamesPtr names, leaf_alt_names(request, profile));
   if (names && !X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT))
     return std::unexpected(openssl_error(Domain::openssl, "adding subjectAltName"));
@@ -475,9 +475,9 @@ Result<X509Ptr> Authority::verification_certificate(std::string_view code) const
   X509_set_pubkey(cert.get(), X509_get0_pubkey(issuer_.get()));
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer_.get(), cert.get(), nullptr, nullptr, 0);
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature"));
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
   return detail::sign_certificate(cert.get(), *signer_);
 }
 

@@ -33,17 +33,17 @@ Result<X509Ptr> make_ca_cert(const hsm::Signer& signing_key, const X509* issuer,
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer ? const_cast<X509*>(issuer) : cert.get(), cert.get(), nullptr, nullptr, 0);
   if (kind == Kind::signing) {
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature,nonRepudiation"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature,nonRepudiation"));
   } else if (kind == Kind::intermediate) {
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0"));
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature"));
   } else {
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE"));
-    KL_CHECK(add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE"));
+    KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign"));
   }
-  KL_CHECK(add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
-  if (issuer) KL_CHECK(add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
+  KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
+  if (issuer) KL_CHECK(detail::add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always"));
   KL_TRY(X509Ptr signed_cert, detail::sign_certificate(cert.get(), signing_key));
   // A certificate made here is checked against its issuer key before it is used:
   // a faulty signer must not produce a CA nobody can verify.

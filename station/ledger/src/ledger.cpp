@@ -351,8 +351,20 @@ Result<Ledger::Transaction> Ledger::begin(Durability durability) {
   return Transaction(this);
 }
 
+namespace {
+// After a deferred transaction the connection goes back to FULL, so that
+// nothing else written on it (an autocommit statement) is silently deferred.
+void restore_durable(sqlite3* db, Ledger::Durability& level) {
+  if (level == Ledger::Durability::durable) return;
+  if (sqlite3_exec(db, "PRAGMA synchronous=FULL", nullptr, nullptr, nullptr) == SQLITE_OK)
+    level = Ledger::Durability::durable;
+}
+}  // namespace
+
 Ledger::Transaction::~Transaction() {
-  if (ledger_) sqlite3_exec(ledger_->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  if (!ledger_) return;
+  sqlite3_exec(ledger_->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  restore_durable(ledger_->db_, ledger_->sync_);
 }
 
 Status Ledger::Transaction::commit() {
@@ -361,8 +373,10 @@ Status Ledger::Transaction::commit() {
   if (sqlite3_exec(l->db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
     Error e = l->sqlite_error("committing");
     sqlite3_exec(l->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    restore_durable(l->db_, l->sync_);
     return std::unexpected(e);
   }
+  restore_durable(l->db_, l->sync_);
   return {};
 }
 

@@ -167,7 +167,7 @@ class Ledger {
   Error sqlite_error(const std::string& what) const;
 
   sqlite3* db_ = nullptr;
-  Durability sync_ = Durability::durable;  // the connection's current synchronous level
+  Durability sync_ = Durability::durable;  // the connection's synchronous level (deferred only inside a transaction)
   std::filesystem::path path_;
   std::map<const char*, sqlite3_stmt*> cache_;
 };
