@@ -122,14 +122,15 @@ TEST(DpsCli, CrashBetweenHttpAndCommitNeitherDuplicatesNorLoses) {
   auto mid = json::parse(s.kl({"--json", "dps", "status"}).out);
   EXPECT_EQ(mid["outbox"]["synced"], 10);
   EXPECT_EQ(mid["outbox"]["pending"], 15);
-  // DPS has the second batch; the third was in flight too and may have landed.
-  const std::size_t at_crash = s.client()->query_all(sd::EnrollmentKind::individual)->size();
-  EXPECT_TRUE(at_crash == 20u || at_crash == 25u) << at_crash;
+  // DPS has the second batch; the third was in flight too and may land.
+  EXPECT_GE(s.client()->query_all(sd::EnrollmentKind::individual)->size(), 20u);
   auto again = s.kl({"--json", "dps", "sync", "--once"});
   ASSERT_EQ(again.exit_code, 0) << again.err;
   auto report = json::parse(again.out);
-  // Every enrollment DPS got without a ledger commit is confirmed by read-back.
-  EXPECT_EQ(report["reconciled"], static_cast<int>(at_crash) - 10);
+  // What DPS got without a ledger commit is confirmed by read-back: the
+  // second batch, and the third if it landed before the crash.
+  const int reconciled = report["reconciled"].get<int>();
+  EXPECT_TRUE(reconciled == 10 || reconciled == 15) << again.out;
   EXPECT_EQ(report["outbox"]["synced"], 25);
   auto all = s.client()->query_all(sd::EnrollmentKind::individual);
   ASSERT_TRUE(all);

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "keyline/station/dps/sync.hpp"
 #include "keyline/testkit/dps_emulator.hpp"
 
@@ -86,4 +88,36 @@ TEST(EnrollmentSync, ReadBackReconcilesEqualAndDeadLettersDifferent) {
   EXPECT_NE((*dead)[0].last_error.find("different"), std::string::npos);
   EXPECT_NE((*dead)[1].last_error.find("/nonexistent/key"), std::string::npos);
   EXPECT_EQ((*outbox.counts())["synced"], 2);  // same-1 and the delete of a missing one
+}
+
+// With several bulk calls in flight, changes to one registration ID still
+// reach DPS in queue order: a delete queued after a create never overtakes it,
+// and a row left pending holds back the later rows of its ID.
+TEST(EnrollmentSync, ChangesToOneIdReachDpsInQueueOrder) {
+  testkit::TempDir dir;
+  testkit::DpsEmulator emu(dir / "emu", {"--slow-ms", "20"});
+  SystemClock clock;
+  auto ledger = Ledger::create(dir / "ledger.db");
+  ASSERT_TRUE(ledger);
+  Outbox outbox(*ledger);
+  for (int i = 0; i < 25; ++i) {
+    std::string id = "ord-" + std::to_string(i);
+    ASSERT_TRUE(outbox.enqueue("individual", "create", id, Enrollment::individual(id).json().dump(), 1));
+  }
+  for (const char* id : {"ord-3", "ORD-20"})  // IDs compare case-insensitively, as in DPS
+    ASSERT_TRUE(outbox.enqueue("individual", "delete", id, "{}", 1));
+  auto client = sync_client_for(emu, clock);
+  EnrollmentSync sync(*ledger, *client, clock, nullptr);
+  sync.set_in_flight(4);
+  auto r = sync.run_once();
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ((*outbox.counts())["synced"], 27);
+  auto all = client->query_all(EnrollmentKind::individual);
+  ASSERT_TRUE(all) << all.error().message();
+  std::set<std::string> ids;
+  for (auto& e : *all) ids.insert(e["registrationId"].get<std::string>());
+  EXPECT_EQ(ids.size(), 23u);
+  EXPECT_FALSE(ids.contains("ord-3"));
+  EXPECT_FALSE(ids.contains("ord-20"));
+  EXPECT_TRUE(ids.contains("ord-24"));
 }

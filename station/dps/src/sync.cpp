@@ -15,6 +15,18 @@ namespace keyline::station::dps {
 
 using nlohmann::json;
 
+namespace {
+std::string lower_id(std::string id) {
+  for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return id;
+}
+}  // namespace
+
+Status EnrollmentSync::hold(const OutboxRow& row, const std::string& why, std::int64_t now) {
+  held_.insert(lower_id(row.registration_id));
+  return outbox_.mark_retry(row.id, why, now);
+}
+
 Result<KeyPair> resolve_key_source(const std::string& source, const std::string& id, hsm::KeyStore* key_store) {
   KeyPair out;
   if (source.starts_with("file:")) {
@@ -77,12 +89,12 @@ Status EnrollmentSync::reconcile(const OutboxRow& row, const json& desired, Sync
   std::int64_t now = clock_.now().time_since_epoch().count();
   auto found = client_.find(kind, row.registration_id);
   if (!found) {
-    KL_CHECK(outbox_.mark_retry(row.id, found.error().message(), now));
+    KL_CHECK(hold(row, found.error().message(), now));
     ++report.retry;
     return {};
   }
   if (!*found) {  // 409 but gone since: leave pending, the next run creates it
-    KL_CHECK(outbox_.mark_retry(row.id, "DPS answered 409 but the enrollment is absent on read-back", now));
+    KL_CHECK(hold(row, "DPS answered 409 but the enrollment is absent on read-back", now));
     ++report.retry;
     return {};
   }
@@ -90,7 +102,7 @@ Status EnrollmentSync::reconcile(const OutboxRow& row, const json& desired, Sync
   if (desired["attestation"].value("type", "") == "symmetricKey") {
     auto mech = client_.attestation_mechanism(kind, row.registration_id);
     if (!mech) {
-      KL_CHECK(outbox_.mark_retry(row.id, mech.error().message(), now));
+      KL_CHECK(hold(row, mech.error().message(), now));
       ++report.retry;
       return {};
     }
@@ -128,7 +140,7 @@ Result<std::optional<EnrollmentSync::Flight>> EnrollmentSync::launch(std::vector
     auto doc = materialise(row);
     if (!doc && doc.error().domain() == Domain::keystore) {  // the key store may come back
       KL_TRY(auto tx, ledger_.begin());
-      KL_CHECK(outbox_.mark_retry(row.id, doc.error().message(), now));
+      KL_CHECK(hold(row, doc.error().message(), now));
       KL_CHECK(tx.commit());
       ++report.retry;
       continue;
@@ -150,6 +162,7 @@ Result<std::optional<EnrollmentSync::Flight>> EnrollmentSync::launch(std::vector
     sent.push_back(row);
   }
   if (items.empty()) return std::optional<Flight>();
+  for (const auto& row : sent) ++in_flight_ids_[lower_id(row.registration_id)];
   Flight f{kind, is_delete, std::move(items), std::move(sent), {}};
   DpsClient* client = &client_;
   const BulkMode mode = is_delete ? BulkMode::remove : BulkMode::create;
@@ -164,6 +177,9 @@ Status EnrollmentSync::settle(Flight& f, SyncReport& report) {
   std::vector<json>& items = f.items;
   std::vector<OutboxRow>& sent = f.sent;
   auto result = f.result.get();
+  for (const auto& row : f.sent)
+    if (auto it = in_flight_ids_.find(lower_id(row.registration_id)); it != in_flight_ids_.end() && --it->second == 0)
+      in_flight_ids_.erase(it);
   ++bulk_calls_;
   if (const char* crash = std::getenv("KEYLINE_DPS_SYNC_CRASH_AFTER_HTTP"); crash && std::atoi(crash) == bulk_calls_)
     _exit(99);
@@ -179,7 +195,7 @@ Status EnrollmentSync::settle(Flight& f, SyncReport& report) {
         KL_CHECK(outbox_.mark_dead(row.id, e.message(), now));
         ++report.dead;
       } else {
-        KL_CHECK(outbox_.mark_retry(row.id, e.message(), now));
+        KL_CHECK(hold(row, e.message(), now));
         ++report.retry;
       }
     }
@@ -197,16 +213,12 @@ Status EnrollmentSync::settle(Flight& f, SyncReport& report) {
   }
   std::map<std::string, const BulkItemError*> errors;
   for (auto& err : result->errors) {
-    std::string id = err.id;
-    for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    errors[id] = &err;
+    errors[lower_id(err.id)] = &err;
   }
   std::vector<std::pair<OutboxRow, json>> to_reconcile;
   for (std::size_t i = 0; i < sent.size(); ++i) {
     const OutboxRow& row = sent[i];
-    std::string lower = row.registration_id;
-    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    auto it = errors.find(lower);
+    auto it = errors.find(lower_id(row.registration_id));
     if (it == errors.end()) {
       KL_CHECK(outbox_.mark_synced(row.id, "", now));
       ++report.synced;
@@ -225,7 +237,7 @@ Status EnrollmentSync::settle(Flight& f, SyncReport& report) {
       KL_CHECK(outbox_.mark_dead(row.id, reason, now));
       ++report.dead;
     } else {
-      KL_CHECK(outbox_.mark_retry(row.id, reason, now));
+      KL_CHECK(hold(row, reason, now));
       ++report.retry;
     }
   }
@@ -248,6 +260,8 @@ Result<SyncReport> EnrollmentSync::run_once() {
   SyncReport report;
   std::int64_t cursor = 0;
   std::deque<Flight> flights;
+  held_.clear();
+  in_flight_ids_.clear();
   // The first error stops new calls; the calls in flight are still settled
   // (recorded) before it is returned.
   std::optional<Error> stopped;
@@ -264,15 +278,33 @@ Result<SyncReport> EnrollmentSync::run_once() {
     }
     if (rows->empty()) break;
     // Consecutive rows of one kind and operation, distinct IDs, at most 10.
+    // Changes to one registration ID reach DPS in queue order: a row whose ID
+    // was left pending earlier in this pass waits for the next pass, and a
+    // row whose ID is in flight waits until that call is settled.
     std::vector<OutboxRow> batch;
     std::set<std::string> ids;
+    bool wait_for_flights = false;
     for (auto& r : *rows) {
       if (!batch.empty() && (r.kind != batch.front().kind || r.operation != batch.front().operation)) break;
-      std::string lower = r.registration_id;
-      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      if (!ids.insert(lower).second) break;
+      std::string id = lower_id(r.registration_id);
+      if (held_.contains(id)) {
+        cursor = r.id;  // skipped in this pass; it stays pending
+        if (batch.empty()) continue;
+        break;
+      }
+      if (in_flight_ids_.contains(id)) {
+        wait_for_flights = true;
+        break;
+      }
+      if (!ids.insert(id).second) break;
       batch.push_back(r);
       if (batch.size() == DpsClient::kMaxBulk) break;
+    }
+    if (batch.empty()) {
+      if (wait_for_flights) {
+        while (!flights.empty()) settle_front();
+      }
+      continue;
     }
     cursor = batch.back().id;
     auto flight = launch(batch, report);

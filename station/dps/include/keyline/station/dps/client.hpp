@@ -7,11 +7,10 @@
 // honours Retry-After. Other failures come back as a Domain::policy Error
 // whose message carries DPS's errorCode, trackingId and message verbatim and
 // whose native code is the errorCode (HTTP status × 1000 when DPS gave none).
-// One client per thread (it owns one keep-alive connection).
+// Safe to share between threads (see DpsClient).
 
 #include <memory>
 #include <optional>
-#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>

@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -88,8 +90,13 @@ class EnrollmentSync {
   DpsClient& client_;
   const Clock& clock_;
   hsm::KeyStore* key_store_;
+  // Leaves a row pending and holds back its ID's later rows in this pass.
+  Status hold(const OutboxRow& row, const std::string& why, std::int64_t now);
+
   int bulk_calls_ = 0;
   int in_flight_ = 4;
+  std::set<std::string> held_;                  // IDs left pending in this pass (lower case)
+  std::map<std::string, int> in_flight_ids_;    // IDs in calls not yet settled
 };
 
 }  // namespace keyline::station::dps
