@@ -325,10 +325,9 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   Bytes tbs;
   detail::der_append_tlv(tbs, 0x30, body);
 
-  // One-shot digests: no algorithm fetch (and its lock) per certificate.
   Bytes digest(hsm::digest_size(hsm::digest_for(signer_->algorithm())));
-  if (hsm::digest_for(signer_->algorithm()) == hsm::Digest::sha384) SHA384(tbs.data(), tbs.size(), digest.data());
-  else SHA256(tbs.data(), tbs.size(), digest.data());
+  if (hsm::digest_for(signer_->algorithm()) == hsm::Digest::sha384) sha384_into(tbs, digest.data());
+  else sha256_into(tbs, digest.data());
   KL_TRY(Bytes signature, signer_->sign(digest));
 
   IssuedCertificate out;

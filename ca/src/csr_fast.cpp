@@ -147,10 +147,10 @@ std::optional<AcceptedCsr> accept_simple_csr(std::string_view bytes, const Profi
   unsigned char digest[SHA384_DIGEST_LENGTH];
   std::size_t digest_len;
   if (der::equals(sig_oid->value, kOidEcdsaSha256)) {
-    SHA256(cri->whole.data(), cri->whole.size(), digest);
+    sha256_into(cri->whole, digest);
     digest_len = SHA256_DIGEST_LENGTH;
   } else if (der::equals(sig_oid->value, kOidEcdsaSha384)) {
-    SHA384(cri->whole.data(), cri->whole.size(), digest);
+    sha384_into(cri->whole, digest);
     digest_len = SHA384_DIGEST_LENGTH;
   } else {
     return std::nullopt;

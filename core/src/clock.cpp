@@ -1,19 +1,63 @@
+#include <pthread.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <string>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "keyline/core/clock.hpp"
 
 namespace keyline {
 
-void SystemRng::fill(std::span<unsigned char> out) {
-  if (RAND_bytes(out.data(), static_cast<int>(out.size())) != 1) {
+namespace {
+
+void rand_bytes(unsigned char* out, std::size_t n) {
+  if (RAND_bytes(out, static_cast<int>(n)) != 1) {
     std::fputs("keyline: the system random generator failed; refusing to continue\n", stderr);
     std::abort();
   }
+}
+
+// Bumped in a forked child, so it never hands out its parent's bytes.
+std::atomic<unsigned> g_fork_generation{0};
+
+// Small requests (serial numbers: one per certificate) are served from a
+// per-thread block drawn from the DRBG, which costs one DRBG call (with its
+// locks and fork check) per block instead of per certificate. Bytes are
+// wiped as they are handed out and never handed out twice.
+struct Pool {
+  static constexpr std::size_t kSize = 1024;
+  unsigned char bytes[kSize];
+  std::size_t used = kSize;
+  unsigned generation = 0;
+  ~Pool() { OPENSSL_cleanse(bytes, kSize); }
+};
+
+}  // namespace
+
+void SystemRng::fill(std::span<unsigned char> out) {
+  constexpr std::size_t kPooledMax = 64;
+  if (out.size() > kPooledMax) return rand_bytes(out.data(), out.size());
+  static const bool registered = [] {
+    pthread_atfork(nullptr, nullptr, [] { g_fork_generation.fetch_add(1); });
+    return true;
+  }();
+  (void)registered;
+  thread_local Pool pool;
+  unsigned generation = g_fork_generation.load(std::memory_order_relaxed);
+  if (pool.used + out.size() > Pool::kSize || pool.generation != generation) {
+    rand_bytes(pool.bytes, Pool::kSize);
+    pool.used = 0;
+    pool.generation = generation;
+  }
+  std::memcpy(out.data(), pool.bytes + pool.used, out.size());
+  OPENSSL_cleanse(pool.bytes + pool.used, out.size());
+  pool.used += out.size();
 }
 
 std::string format_utc(TimePoint t) {

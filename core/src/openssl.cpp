@@ -1,6 +1,12 @@
 #include "keyline/core/openssl.hpp"
 
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string_view>
+
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 
@@ -101,9 +107,34 @@ std::string pem_encode(std::string_view label, ByteView der) {
   return out;
 }
 
+namespace {
+
+// OpenSSL 3's one-shot SHA256() fetches the algorithm (under a global lock)
+// on every call; here it is fetched once and each thread keeps a context.
+void digest_into(const char* name, ByteView data, unsigned char* out) {
+  struct Md {
+    EVP_MD* md;
+    explicit Md(const char* n) : md(EVP_MD_fetch(nullptr, n, nullptr)) {}
+    ~Md() { EVP_MD_free(md); }
+  };
+  static const Md sha256("SHA256"), sha384("SHA384");
+  const EVP_MD* md = std::string_view(name) == "SHA384" ? sha384.md : sha256.md;
+  thread_local std::unique_ptr<EVP_MD_CTX, Free<EVP_MD_CTX_free>> ctx(EVP_MD_CTX_new());
+  if (!md || !ctx || EVP_DigestInit_ex2(ctx.get(), md, nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 || EVP_DigestFinal_ex(ctx.get(), out, nullptr) != 1) {
+    std::fputs("keyline: SHA-2 is not available from OpenSSL; refusing to continue\n", stderr);
+    std::abort();
+  }
+}
+
+}  // namespace
+
+void sha256_into(ByteView data, unsigned char* out) { digest_into("SHA256", data, out); }
+void sha384_into(ByteView data, unsigned char* out) { digest_into("SHA384", data, out); }
+
 Bytes sha256(ByteView data) {
   Bytes out(SHA256_DIGEST_LENGTH);
-  SHA256(data.data(), data.size(), out.data());
+  sha256_into(data, out.data());
   return out;
 }
 

@@ -1,11 +1,18 @@
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "keyline/core/error.hpp"
+#include "keyline/core/clock.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/core/hex.hpp"
 #include "keyline/core/log.hpp"
+#include "keyline/core/openssl.hpp"
 #include "keyline/core/secret.hpp"
 #include "keyline/testkit/testkit.hpp"
 
@@ -32,6 +39,49 @@ TEST(Base64, RoundTripAllPaddings) {
   }
   EXPECT_EQ(base64_encode(std::vector<unsigned char>{'J', 'e', 'f', 'e'}), "SmVmZQ==");
   EXPECT_FALSE(base64_decode("abc"));
+}
+
+TEST(Sha2, IntoFormsMatchKnownAnswers) {
+  const std::string abc = "abc";
+  ByteView data(reinterpret_cast<const unsigned char*>(abc.data()), abc.size());
+  unsigned char d256[32], d384[48];
+  sha256_into(data, d256);
+  sha384_into(data, d384);
+  EXPECT_EQ(to_hex(ByteView(d256, 32)), "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD");
+  EXPECT_EQ(to_hex(ByteView(d384, 48)),
+            "CB00753F45A35E8BB5A03D699AC65007272C32AB0EDED1631A8B605A43FF5BED8086072BA1E7CC2358BAECA134C825A7");
+  EXPECT_EQ(sha256_hex(data), to_hex(ByteView(d256, 32)));  // the same context, used again
+}
+
+TEST(SystemRng, SmallDrawsNeverRepeatAcrossThreadsOrAFork) {
+  SystemRng rng;
+  std::set<std::string> seen;
+  auto draw = [&] {
+    unsigned char b[16];
+    rng.fill(b);
+    return to_hex(ByteView(b, 16));
+  };
+  for (int i = 0; i < 500; ++i) EXPECT_TRUE(seen.insert(draw()).second);  // crosses several refills
+  std::string other;
+  std::thread([&] { other = draw(); }).join();
+  EXPECT_TRUE(seen.insert(other).second);
+  // A forked child must not hand out the bytes its parent is about to.
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::string child = draw();
+    (void)!::write(fds[1], child.data(), child.size());
+    ::_exit(0);
+  }
+  char buf[32];
+  ASSERT_EQ(::read(fds[0], buf, sizeof buf), 32);
+  ::waitpid(pid, nullptr, 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  std::string child(buf, 32);
+  EXPECT_NE(child, draw());
+  EXPECT_EQ(seen.count(child), 0u);
 }
 
 TEST(Errors, MapToDocumentedExitCodes) {

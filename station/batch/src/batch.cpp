@@ -1,10 +1,15 @@
 #include "keyline/station/batch.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -15,7 +20,6 @@
 #include <openssl/pem.h>
 
 #include "keyline/ca/csr_policy.hpp"
-#include "keyline/core/bounded_queue.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/core/hex.hpp"
 #include "keyline/core/log.hpp"
@@ -35,49 +39,110 @@ constexpr const char* kPendingSuffix = ".pending";
 
 struct Item {
   std::string input;                      // file name or registration ID (for messages)
-  std::string payload;                    // CSR bytes (csr_dir)
   std::optional<std::string> generate_id;  // registration ID (generate)
-  std::string read_error;                 // the source could not read this item
 };
 
-// Calls `fn` for each item until it returns false.
-Status for_each_item(const Options& o, const std::atomic<bool>& stop,
-                     const std::function<bool(Item)>& fn) {
-  if (o.mode == Mode::csr_dir) {
-    std::error_code ec;
-    fs::directory_iterator it(o.csr_dir, ec), end;
-    if (ec) return fail(Domain::input, "cannot read --csr-dir " + o.csr_dir.string() + ": " + ec.message());
-    for (; it != end && !stop.load(); it.increment(ec)) {
-      if (ec) return fail(Domain::io, "reading --csr-dir " + o.csr_dir.string() + ": " + ec.message());
-      std::string name = it->path().filename().string();
-      if (name.starts_with('.') || !it->is_regular_file(ec)) continue;
-      Item item;
-      item.input = name;
-      auto data = files::read(it->path(), ca::kMaxCsrBytes);
-      if (data) item.payload = std::move(*data);
-      else item.read_error = data.error().message();
-      if (!fn(std::move(item))) break;
+// The inputs, handed out in chunks to whichever worker asks next. CSR files
+// are named here and read by the worker (relative to the folder, so the
+// kernel does not walk the whole path for each one).
+class Source {
+ public:
+  ~Source() {
+    if (dir_) ::closedir(dir_);
+  }
+
+  Status open(const Options& o) {
+    o_ = &o;
+    if (o.mode == Mode::csr_dir) {
+      dir_ = ::opendir(o.csr_dir.c_str());
+      if (!dir_) return fail(Domain::input, "cannot read --csr-dir " + files::errno_text(o.csr_dir, errno));
+    } else if (!o.ids_file.empty()) {
+      ids_.open(o.ids_file);
+      if (!ids_) return fail(Domain::input, "cannot read --ids " + o.ids_file.string());
     }
     return {};
   }
-  if (!o.ids_file.empty()) {
-    std::ifstream in(o.ids_file);
-    if (!in) return fail(Domain::input, "cannot read --ids " + o.ids_file.string());
-    std::string line;
-    while (!stop.load() && std::getline(in, line)) {
-      auto a = line.find_first_not_of(" \t\r");
-      if (a == std::string::npos || line[a] == '#') continue;
-      auto b = line.find_last_not_of(" \t\r");
-      std::string id = line.substr(a, b - a + 1);
-      if (!fn(Item{id, {}, id, {}})) break;
+
+  int dir_fd() const { return dir_ ? ::dirfd(dir_) : -1; }
+
+  // Up to `n` more items; none when the source is exhausted or `stop` is set.
+  Result<std::vector<Item>> next(std::size_t n, const std::atomic<bool>& stop) {
+    std::vector<Item> items;
+    items.reserve(n);
+    std::lock_guard lock(mu_);
+    while (items.size() < n && !done_ && !stop.load()) {
+      if (dir_) {
+        errno = 0;
+        dirent* e = ::readdir(dir_);
+        if (!e) {
+          done_ = true;
+          if (errno) return fail(Domain::io, "reading --csr-dir " + files::errno_text(o_->csr_dir, errno));
+          break;
+        }
+        if (e->d_name[0] == '.') continue;
+        bool regular = e->d_type == DT_REG;
+        if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
+          struct stat st{};
+          regular = ::fstatat(dirfd(dir_), e->d_name, &st, 0) == 0 && S_ISREG(st.st_mode);
+        }
+        if (regular) items.push_back(Item{e->d_name, std::nullopt});
+      } else if (ids_.is_open()) {
+        if (!std::getline(ids_, line_)) {
+          done_ = true;
+          break;
+        }
+        auto a = line_.find_first_not_of(" \t\r");
+        if (a == std::string::npos || line_[a] == '#') continue;
+        auto b = line_.find_last_not_of(" \t\r");
+        std::string id = line_.substr(a, b - a + 1);
+        items.push_back(Item{id, id});
+      } else {
+        if (seq_ >= o_->count.value_or(0)) {
+          done_ = true;
+          break;
+        }
+        KL_TRY(std::string id, expand_template(o_->id_template, o_->start + seq_));
+        ++seq_;
+        items.push_back(Item{id, id});
+      }
     }
-    return {};
+    return items;
   }
-  for (std::uint64_t i = 0; i < o.count.value_or(0) && !stop.load(); ++i) {
-    KL_TRY(std::string id, expand_template(o.id_template, o.start + i));
-    if (!fn(Item{id, {}, id, {}})) break;
+
+ private:
+  const Options* o_ = nullptr;
+  std::mutex mu_;
+  DIR* dir_ = nullptr;
+  std::ifstream ids_;
+  std::string line_;
+  std::uint64_t seq_ = 0;
+  bool done_ = false;
+};
+
+// Reads one CSR file of the folder: open, one read, close.
+Result<std::string> read_input(int dir_fd, const Options& o, const std::string& name) {
+  int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, errno));
+  thread_local std::array<char, ca::kMaxCsrBytes + 1> buf;
+  std::size_t got = 0;
+  for (;;) {
+    std::size_t want = buf.size() - got;
+    ssize_t n = ::read(fd, buf.data() + got, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, err));
+    }
+    got += static_cast<std::size_t>(n);
+    // A short read of a regular file is its end.
+    if (static_cast<std::size_t>(n) < want || got == buf.size()) break;
   }
-  return {};
+  ::close(fd);
+  if (got > ca::kMaxCsrBytes)
+    return fail(Domain::input, (o.csr_dir / name).string() + " is larger than " + std::to_string(ca::kMaxCsrBytes) +
+                                   " bytes; it is not a CSR");
+  return std::string(buf.data(), got);
 }
 
 std::uint64_t count_items(const Options& o) {
@@ -182,6 +247,7 @@ struct Worker {
   // ledger's unique index when the writer commits, so the per-item lookup
   // is skipped.
   bool resuming;
+  int input_dir_fd;  // the CSR folder (csr_dir)
 
   // Done in this batch already? Active elsewhere? nullopt = go ahead.
   // `key` (CSR batches): a certificate in this batch counts as this input's
@@ -201,11 +267,12 @@ struct Worker {
   }
 
   Outcome process(const Item& item) {
-    if (!item.read_error.empty()) return Rejected{item.input, item.read_error};
     if (item.generate_id) return generate(item);
-    std::optional<ca::AcceptedCsr> accepted = ca::accept_simple_csr(item.payload, profile);
+    auto payload = read_input(input_dir_fd, o, item.input);
+    if (!payload) return Rejected{item.input, payload.error().message()};
+    std::optional<ca::AcceptedCsr> accepted = ca::accept_simple_csr(*payload, profile);
     if (!accepted) {  // not the simple case: the full parser decides and explains
-      auto csr = ca::parse_csr(item.payload, item.input);
+      auto csr = ca::parse_csr(*payload, item.input);
       if (!csr) return Rejected{item.input, csr.error().message()};
       auto checked = ca::check_csr(**csr, profile, std::nullopt, item.input);
       if (!checked) return Rejected{item.input, checked.error().message()};
@@ -260,9 +327,8 @@ struct OutDir {
 
   // Writes without fsync (the writer syncs the whole file system once per group).
   Status write_pending(const std::string& name, std::string_view data, unsigned mode) {
-    fs::path p = dir / name;
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return fail(Domain::io, "cannot write " + files::errno_text(p, errno));
+    int fd = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return fail(Domain::io, "cannot write " + files::errno_text(dir / name, errno));
     std::size_t off = 0;
     while (off < data.size()) {
       ssize_t n = ::write(fd, data.data() + off, data.size() - off);
@@ -270,7 +336,7 @@ struct OutDir {
       if (n <= 0) {
         int err = errno;
         ::close(fd);
-        return fail(Domain::io, "cannot write " + files::errno_text(p, err));
+        return fail(Domain::io, "cannot write " + files::errno_text(dir / name, err));
       }
       off += static_cast<std::size_t>(n);
     }
@@ -430,6 +496,11 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
   OutDir out;
   KL_CHECK(out.open(o.out_dir));
   KL_TRY(Ledger ledger, Ledger::open(ledger_path));
+  // The writer keeps the certificate indexes (random serials and
+  // fingerprints) in memory, and checkpoints the WAL every ~40 MB instead of
+  // every 4 MB, so a page changed by many groups is copied to the database
+  // once. Both last as long as this connection.
+  KL_CHECK(ledger.exec("PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=10000;"));
 
   // Which batch this out dir is: made once, then fixed.
   Summary summary;
@@ -517,66 +588,39 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
   KL_TRY(std::uint64_t committed_before, ledger.batch_certificate_count(summary.batch_id));
   const bool resuming = committed_before > 0;
 
-  // The pipeline.
-  Progress progress;
+  // The pipeline. --jobs N threads each take a chunk of inputs, read, check
+  // and sign them, and leave the outcomes for the writer. The writer is a
+  // role, not a thread: whichever worker finds a group ready (or the main
+  // thread, when a group has waited group_interval) takes it and commits,
+  // while the others go on signing. So --jobs N keeps N cores busy and no
+  // more; the main thread only reports progress.
+  Progress progress;  // written under writer_role, read under progress_mu
+  std::mutex progress_mu;
   progress.total = count_items(o);
-  // Items travel in chunks: one queue hand-off (and at most one thread
-  // wake-up) per kChunk items instead of per item.
+  Source source;
+  KL_CHECK(source.open(o));
   constexpr std::size_t kChunk = 64;
-  // Deep enough that workers keep signing while the writer waits for the
-  // disk (syncfs) at a group commit: 64 chunks of 64 = 4,096 items each way.
-  const std::size_t queue_cap = 64;  // chunks
-  BoundedQueue<std::vector<Item>> work(queue_cap);
-  BoundedQueue<std::vector<Outcome>> results(queue_cap);
+  // Outcomes waiting for the writer at most; a worker that finds it full
+  // waits (memory does not grow with the batch).
+  const std::size_t pending_cap = std::max<std::size_t>(4 * o.group_rows, 4 * kChunk * o.jobs);
+  std::mutex pending_mu;
+  std::condition_variable pending_space;
+  std::vector<Outcome> pending;
   std::atomic<bool> failed{false};
-  std::optional<Error> source_error;
+  std::optional<Error> pipeline_error;  // the first error of a worker or the source
 
-  std::thread reader([&] {
-    std::vector<Item> chunk;
-    chunk.reserve(kChunk);
-    auto st = for_each_item(o, stop, [&](Item item) {
-      chunk.push_back(std::move(item));
-      if (chunk.size() < kChunk) return true;
-      bool ok = !failed.load() && work.push(std::move(chunk));
-      chunk = {};
-      chunk.reserve(kChunk);
-      return ok;
-    });
-    if (!chunk.empty() && !failed.load()) work.push(std::move(chunk));
-    if (!st) source_error = st.error();
-    work.close();
-  });
-  std::vector<std::thread> workers;
-  std::atomic<unsigned> workers_left{o.jobs};
-  std::optional<Error> worker_error;
-  std::mutex worker_error_mu;
-  for (unsigned i = 0; i < o.jobs; ++i) {
-    workers.emplace_back([&] {
-      auto reader_ledger = Ledger::open_readonly(ledger_path);
-      if (!reader_ledger) {
-        std::lock_guard lock(worker_error_mu);
-        worker_error = reader_ledger.error();
-        failed = true;
-      } else {
-        Worker w{o, authority, profile, keys, summary.batch_id, &*reader_ledger, resuming};
-        while (auto chunk = work.pop()) {
-          if (failed.load()) continue;
-          std::vector<Outcome> out;
-          out.reserve(chunk->size());
-          for (const Item& item : *chunk) out.push_back(w.process(item));
-          if (!results.push(std::move(out))) break;
-        }
-      }
-      if (--workers_left == 0) results.close();
-    });
-  }
-
-  // The writer (this thread).
-  std::vector<Issued> group;
-  auto last_commit = SteadyClock::now();
-  auto last_progress = SteadyClock::now();
+  std::mutex writer_role;
+  std::vector<Issued> group;  // taken, waiting for its group commit (under writer_role)
+  std::atomic<bool> group_waiting{false};
+  std::atomic<std::int64_t> last_commit_ns{SteadyClock::now().time_since_epoch().count()};
   const auto started = SteadyClock::now();
-  Status writer_status;
+  Status writer_status;  // under writer_role
+  std::atomic<bool> writer_failed{false};
+  auto stop_pipeline = [&] {
+    failed = true;
+    std::lock_guard lock(pending_mu);
+    pending_space.notify_all();
+  };
 
   auto record_rejections = [&]() -> Status {
     for (auto& [input, reason] : rejections) {
@@ -669,7 +713,7 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     KL_CHECK(manifest.flush());
     KL_CHECK(rejected.flush());
     group.clear();
-    last_commit = SteadyClock::now();
+    last_commit_ns = SteadyClock::now().time_since_epoch().count();
     return {};
   };
 
@@ -694,36 +738,121 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     return {};
   };
 
-  for (;;) {
-    auto next = results.pop_for(o.group_interval);
-    if (next) {
-      for (Outcome& outcome : *next) {
-        writer_status = take(outcome);
-        if (!writer_status) break;
+  auto interval_passed = [&] {
+    return SteadyClock::now().time_since_epoch().count() - last_commit_ns.load() >=
+           std::chrono::nanoseconds(o.group_interval).count();
+  };
+  // Whether the writer has work: a full group waiting, or any outcome that
+  // has waited group_interval, or (`all`) anything at all.
+  auto writer_due = [&](bool all) {
+    std::size_t n;
+    {
+      std::lock_guard lock(pending_mu);
+      n = pending.size();
+    }
+    bool waiting = n > 0 || group_waiting.load();
+    return n >= o.group_rows || (waiting && (all || interval_passed()));
+  };
+  // Takes the writer role if it is free and there is work, and writes
+  // until there is none; with `all`, commits everything taken.
+  auto write = [&](bool all) {
+    while (!writer_failed.load() && writer_due(all)) {
+      std::unique_lock role(writer_role, std::try_to_lock);
+      if (!role) return;  // another thread writes; it looks again before it lets go
+      if (!writer_status) return;
+      std::vector<Outcome> taken;
+      {
+        std::lock_guard lock(pending_mu);
+        taken.swap(pending);
+        pending_space.notify_all();
       }
-      if (!writer_status) break;
+      {
+        std::lock_guard lock(progress_mu);  // take() and flush_group() count
+        for (Outcome& outcome : taken) {
+          writer_status = take(outcome);
+          if (!writer_status) break;
+        }
+        if (writer_status && (all || interval_passed())) writer_status = flush_group();
+        group_waiting = !group.empty() || !rejections.empty();
+      }
+      if (!writer_status) {
+        writer_failed = true;
+        stop_pipeline();
+      }
     }
-    bool drained = !next && results.closed_and_empty();
-    bool waiting = !group.empty() || !rejections.empty();
-    if ((waiting && SteadyClock::now() - last_commit >= o.group_interval) || (drained && waiting)) {
-      writer_status = flush_group();
-      if (!writer_status) break;
-    }
-    auto now = SteadyClock::now();
-    if (progress_fn && (now - last_progress >= std::chrono::milliseconds(200) || drained)) {
-      progress.seconds = std::chrono::duration<double>(now - started).count();
-      progress_fn(progress);
-      last_progress = now;
-    }
-    if (drained) break;
+  };
+
+  std::vector<std::thread> workers;
+  std::atomic<unsigned> workers_left{o.jobs};
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  for (unsigned i = 0; i < o.jobs; ++i) {
+    workers.emplace_back([&] {
+      auto fail_pipeline = [&](const Error& e) {
+        {
+          std::lock_guard lock(done_mu);
+          if (!pipeline_error) pipeline_error = e;
+        }
+        stop_pipeline();
+      };
+      auto reader_ledger = Ledger::open_readonly(ledger_path);
+      if (!reader_ledger) {
+        fail_pipeline(reader_ledger.error());
+      } else {
+        Worker w{o, authority, profile, keys, summary.batch_id, &*reader_ledger, resuming, source.dir_fd()};
+        while (!failed.load()) {
+          auto chunk = source.next(kChunk, stop);
+          if (!chunk) {
+            fail_pipeline(chunk.error());
+            break;
+          }
+          if (chunk->empty()) break;
+          std::vector<Outcome> outcomes;
+          outcomes.reserve(chunk->size());
+          for (const Item& item : *chunk) outcomes.push_back(w.process(item));
+          {
+            std::unique_lock lock(pending_mu);
+            pending_space.wait(lock, [&] { return pending.size() < pending_cap || failed.load(); });
+            if (failed.load()) break;
+            for (Outcome& outcome : outcomes) pending.push_back(std::move(outcome));
+          }
+          write(false);
+        }
+      }
+      std::lock_guard lock(done_mu);
+      --workers_left;
+      done_cv.notify_all();
+    });
   }
-  if (!writer_status) {
-    failed = true;
-    work.close();
-    results.close();
+
+  // The main thread: progress, and the commit of a group that has waited
+  // long enough while the workers are slow (a TPM signs ~2,000/s).
+  auto report = [&] {
+    if (!progress_fn) return;
+    Progress snapshot;
+    {
+      std::lock_guard lock(progress_mu);
+      snapshot = progress;
+    }
+    snapshot.seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
+    progress_fn(snapshot);
+  };
+  const auto tick = std::min<std::chrono::milliseconds>(o.group_interval, std::chrono::milliseconds(200));
+  auto last_progress = SteadyClock::now();
+  for (;;) {
+    {
+      std::unique_lock lock(done_mu);
+      if (done_cv.wait_for(lock, tick, [&] { return workers_left.load() == 0; })) break;
+    }
+    write(false);
+    if (SteadyClock::now() - last_progress >= std::chrono::milliseconds(200)) {
+      report();
+      last_progress = SteadyClock::now();
+    }
   }
-  reader.join();
   for (auto& t : workers) t.join();
+  write(true);  // what is left, in one last group
+  report();
   if (writer_status) {
     auto st = rejected.flush();
     if (!st) writer_status = st;
@@ -743,8 +872,7 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
   }
   // Pending files of a failed group are removed by the next run's reconcile.
   if (!writer_status) return std::unexpected(writer_status.error());
-  if (worker_error) return std::unexpected(*worker_error);
-  if (source_error) return std::unexpected(*source_error);
+  if (pipeline_error) return std::unexpected(*pipeline_error);
   progress.seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
   summary.progress = progress;
   summary.interrupted = stop.load();
