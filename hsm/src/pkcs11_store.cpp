@@ -222,10 +222,12 @@ Status Token::relogin(CK_SESSION_HANDLE h, bool known_logged_out) {
 
 Result<std::optional<CK_OBJECT_HANDLE>> Token::find_object(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                                                            const std::string& label, const Bytes& id) {
+  CK_BBOOL on_token = CK_TRUE;  // not a session copy made by key()
   CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
+                         {CKA_TOKEN, &on_token, sizeof on_token},
                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
                          {CKA_ID, const_cast<unsigned char*>(id.data()), id.size()}};
-  CK_RV rv = f().C_FindObjectsInit(s, tmpl, id.empty() ? 2 : 3);
+  CK_RV rv = f().C_FindObjectsInit(s, tmpl, id.empty() ? 3 : 4);
   if (rv != CKR_OK) return std::unexpected(ck_error(rv, "searching " + name_ + " for '" + label + "'"));
   CK_OBJECT_HANDLE found[2] = {};
   CK_ULONG n = 0;
@@ -247,9 +249,23 @@ Result<CK_OBJECT_HANDLE> Token::key(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, co
   }
   KL_TRY(auto found, find_object(s, cls, label));
   if (!found) return fail(Domain::keystore, class_word(cls) + " '" + label + "' not found in " + uri());
+  CK_OBJECT_HANDLE use = *found;
+  if (cls == CKO_PRIVATE_KEY && uri_.session_copy()) {
+    // A session copy: the token keeps CKA_SENSITIVE and non-extractability
+    // (they cannot be weakened by a copy); the copy lives until the session
+    // that made it closes, after which its handle goes stale and run()
+    // finds the key again.
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE session_only[] = {{CKA_TOKEN, &no, sizeof no}};
+    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+    CK_RV rv = f().C_CopyObject(s, *found, session_only, 1, &copy);
+    if (rv == CKR_OK) use = copy;
+    else logger()->debug("{} does not copy '{}' into the session ({}); signing with the token object", name_, label,
+                         ckr_name(rv));
+  }
   std::lock_guard lock(cache_mu_);
-  handles_[{cls, label}] = *found;
-  return *found;
+  handles_[{cls, label}] = use;
+  return use;
 }
 
 Result<Bytes> Token::attribute(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
@@ -667,8 +683,9 @@ class Pkcs11Store final : public KeyStore {
   }
 
   Result<std::vector<CK_OBJECT_HANDLE>> all_objects(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls) {
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}};
-    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 1);
+    CK_BBOOL on_token = CK_TRUE;  // not Keyline's own session copies
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_TOKEN, &on_token, sizeof on_token}};
+    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 2);
     if (rv != CKR_OK) return std::unexpected(ck_error(rv, "listing the keys of " + token_->name()));
     std::vector<CK_OBJECT_HANDLE> out;
     for (;;) {

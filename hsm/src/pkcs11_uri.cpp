@@ -125,6 +125,10 @@ Result<Pkcs11Uri> Pkcs11Uri::parse(std::string_view text) {
                name == "library-manufacturer" || name == "library-description" || name == "library-version" ||
                name.starts_with("x-")) {
       // Accepted, not used for matching.
+    } else if (name == "x-session-copy") {
+      if (value != "yes" && value != "no")
+        return fail(Domain::usage, "PKCS#11 URI x-session-copy must be yes or no, not '" + value + "'");
+      uri.session_copy_ = value == "yes";
     } else if (name == "pin-value") {
       return fail(Domain::usage, std::string(kPinValueRefused));
     } else if (name == "pin-source" || name == "module-path") {
@@ -150,6 +154,10 @@ Result<Pkcs11Uri> Pkcs11Uri::parse(std::string_view text) {
       if (value.empty())
         return fail(Domain::usage, "PKCS#11 URI pin-source is empty; write pin-source=file:/path/to/pin");
       uri.pin_source_ = value;
+    } else if (name == "x-session-copy") {
+      if (value != "yes" && value != "no")
+        return fail(Domain::usage, "PKCS#11 URI x-session-copy must be yes or no, not '" + value + "'");
+      uri.session_copy_ = value == "yes";
     } else if (name == "pin-value") {
       return fail(Domain::usage, std::string(kPinValueRefused));
     } else if (name == "module-name") {
@@ -158,7 +166,7 @@ Result<Pkcs11Uri> Pkcs11Uri::parse(std::string_view text) {
           "PKCS#11 URI module-name is not supported; give the library with module-path=/path/to/module.so");
     } else if (!name.starts_with("x-")) {
       return fail(Domain::usage, "unknown PKCS#11 URI query attribute '" + name +
-                                     "' (Keyline understands module-path and pin-source)");
+                                     "' (Keyline understands module-path, pin-source and x-session-copy)");
     }
   }
   if (uri.token_.empty() && uri.serial_.empty() && !uri.slot_id_)
@@ -188,6 +196,7 @@ std::string Pkcs11Uri::to_string() const {
   path("id", id_);
   out += "?module-path=" + percent_encode(module_path_, kQueryKeep);
   if (!pin_source_.empty()) out += "&pin-source=" + percent_encode(pin_source_, kQueryKeep);
+  if (!session_copy_) out += "&x-session-copy=no";
   return out;
 }
 

@@ -310,6 +310,58 @@ TEST_F(Pkcs11Store, RecoversFromClosedSessionsAndALogout) {
   ASSERT_TRUE(again) << again.error().message();
 }
 
+// Keyline signs with a session copy of the private key (SoftHSM2 re-reads a
+// token object from disk for every signature): the copy is as sensitive and
+// non-extractable as the token object, and x-session-copy=no signs with the
+// token object itself.
+TEST_F(Pkcs11Store, SignsWithASessionCopyAsProtectedAsTheTokenKeyUnlessToldNot) {
+  auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
+  ASSERT_TRUE(signer);
+  Bytes message = bytes_of("m");
+  auto sig = (*signer)->sign(digest_of(message, Algorithm::ec_p256));
+  ASSERT_TRUE(sig) << sig.error().message();
+  EXPECT_TRUE(verifies(**signer, message, *sig));
+  auto session_copies = [&](RawToken& raw) {
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_TOKEN, &no, sizeof no}, {CKA_LABEL, (void*)"k", 1}};
+    std::vector<CK_OBJECT_HANDLE> found(8);
+    CK_ULONG n = 0;
+    raw.f().C_FindObjectsInit(raw.session(), t, 3);
+    raw.f().C_FindObjects(raw.session(), found.data(), found.size(), &n);
+    raw.f().C_FindObjectsFinal(raw.session());
+    found.resize(n);
+    return found;
+  };
+  {
+    RawToken raw(hsm_.label());  // the same application: it sees the store's session objects
+    auto copies = session_copies(raw);
+    ASSERT_EQ(copies.size(), 1u);
+    EXPECT_EQ(raw.flag(copies[0], CKA_SENSITIVE), CK_TRUE);
+    EXPECT_EQ(raw.flag(copies[0], CKA_EXTRACTABLE), CK_FALSE);
+    EXPECT_EQ(raw.read_secret_part(copies[0], CKA_VALUE), CKR_ATTRIBUTE_SENSITIVE);
+  }
+  // Listing and finding by label see the token object only.
+  auto again = store_->signer("k");
+  ASSERT_TRUE(again) << again.error().message();
+  ASSERT_TRUE((*again)->sign(digest_of(message, Algorithm::ec_p256)));
+
+  *signer = nullptr;
+  *again = nullptr;
+  store_.reset();  // the last user of the token's sessions: they close, and the copy with them
+  auto plain = open(hsm_.uri() + "&x-session-copy=no");
+  ASSERT_TRUE(plain) << plain.error().message();
+  EXPECT_NE((*plain)->uri().find("x-session-copy=no"), std::string::npos);
+  auto token_signer = (*plain)->signer("k");
+  ASSERT_TRUE(token_signer) << token_signer.error().message();
+  sig = (*token_signer)->sign(digest_of(message, Algorithm::ec_p256));
+  ASSERT_TRUE(sig) << sig.error().message();
+  EXPECT_TRUE(verifies(**token_signer, message, *sig));
+  RawToken raw(hsm_.label());
+  EXPECT_TRUE(session_copies(raw).empty());
+  EXPECT_FALSE(Pkcs11Uri::parse(hsm_.uri() + "&x-session-copy=maybe"));
+}
+
 TEST_F(Pkcs11Store, ConcurrentSigningThroughTheBoundedPool) {
   auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
   ASSERT_TRUE(signer);

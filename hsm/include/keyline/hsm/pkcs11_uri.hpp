@@ -49,6 +49,13 @@ class Pkcs11Uri {
   const std::string& id() const noexcept { return id_; }  // raw bytes
   const std::string& module_path() const noexcept { return module_path_; }
   const std::string& pin_source() const noexcept { return pin_source_; }
+  // Whether signing may use a session copy of the private key (C_CopyObject
+  // with CKA_TOKEN=false: still on the token, sensitive and non-extractable,
+  // gone when Keyline's session closes). Some modules re-read a token
+  // object from storage on every signature (SoftHSM2's file store does);
+  // the copy does not. `x-session-copy=no` keeps to the token object, for
+  // an HSM whose policy forbids copies. Default: yes.
+  bool session_copy() const noexcept { return session_copy_; }
 
   // The canonical URI: the attributes above, percent-encoded where needed,
   // module-path always present. Never contains a PIN; safe to log.
@@ -59,6 +66,7 @@ class Pkcs11Uri {
   std::optional<unsigned long> slot_id_;
   std::string module_path_{kDefaultPkcs11Module};
   std::string pin_source_;
+  bool session_copy_ = true;
 };
 
 // RFC 3986 §2.1 percent-decoding ("%41" -> "A"); a usage error on a '%' that
