@@ -215,8 +215,11 @@ int main(int argc, char** argv) {
   run_keyline(tpm_state, {"ca", "init", "--key-store", tpm.uri()});
   double tpm_raw = raw_tpm_rate(tpm);
   double tpm_keyline = hsm_test_rate(tpm_state, 2000);
-  std::size_t tpm_n = std::min<std::size_t>(n, 3000);
-  double tpm_batch = batch_rate(tpm_state, csr_dir, work.path(), tpm_n, "2");
+  // The TPM signs ~2,000/s, so a few seconds' worth; three jobs keep a
+  // request queued at the TPM while a worker verifies or commits (the
+  // workers mostly wait for the TPM, so three fit on two cores).
+  std::size_t tpm_n = std::min<std::size_t>(n, 6000);
+  double tpm_batch = batch_rate(tpm_state, csr_dir, work.path(), tpm_n, "3");
 
   double p11_limit = std::min(crypto_limit, p11_raw);
   double p11_best = std::max(p11_batch1, p11_batch2);
@@ -231,7 +234,7 @@ int main(int argc, char** argv) {
               p11_batch2 / p11_limit);
   std::printf("%-44s %12.0f\n", "swtpm raw Esys_Sign loop", tpm_raw);
   std::printf("%-44s %12.0f %12.2f  (x raw)\n", "swtpm via keyline hsm test", tpm_keyline, tpm_keyline / tpm_raw);
-  std::printf("%-44s %12.0f %12.2f  (x raw)\n", "swtpm ca batch --jobs 2", tpm_batch, tpm_batch / tpm_raw);
+  std::printf("%-44s %12.0f %12.2f  (x raw)\n", "swtpm ca batch --jobs 3", tpm_batch, tpm_batch / tpm_raw);
   std::printf("\nTargets:\n");
   std::printf("  TPM issuance >= 0.8 x raw TPM signing:            %.2f  %s\n", tpm_batch / tpm_raw,
               tpm_batch / tpm_raw >= 0.8 ? "met" : "NOT MET");
