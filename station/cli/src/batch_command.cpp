@@ -144,7 +144,10 @@ void add_batch_command(CLI::App& ca_cmd, Handler& run) {
   b->add_option("--start", o->start, "With --count: first sequence number")->capture_default_str();
   b->add_option("--out", o->out, "Output folder (certificates, keys, manifest.jsonl, rejected.jsonl)")->required();
   b->add_option("--profile", o->profile, "Profile in keyline.toml")->capture_default_str();
-  b->add_option("--jobs", o->jobs, "Signer workers (default: number of cores)")->capture_default_str();
+  b->add_option("--jobs", o->jobs,
+                "Threads that read, sign and take turns committing (default: number of cores; "
+                "with a TPM key store, one or two more keep it busy)")
+      ->capture_default_str();
   b->add_option("--encrypt-keys-to", o->encrypt_keys_to,
                 "With --generate: encrypt each private key to this recipient certificate (CMS)");
   b->add_flag("--plain-keys", o->plain_keys, "With --generate: write private keys unencrypted (PEM, mode 0600)");

@@ -3,8 +3,10 @@
 // no device attached.
 //
 //   source (CSR folder | generated keys for an ID list or template)
-//     -> N signer workers (parse + policy + issue, in parallel)
-//     -> one writer: pending files, ledger group commit, rename, manifest
+//     -> N jobs (threads): read + parse + policy + issue, in parallel
+//     -> the writer role, taken in turn by whichever job finds a group
+//        ready: pending files, ledger group commit, rename, manifest
+//   (--jobs N keeps N cores busy; see docs/batch.md)
 //
 // Guarantees (see docs/batch.md):
 //  * streaming: queues are bounded, memory does not grow with the batch;
