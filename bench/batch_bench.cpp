@@ -270,16 +270,27 @@ int main(int argc, char** argv) {
     bool ok;
   };
   std::vector<Row> rows;
-  // Each run gets a fresh state and out dir (deleting 20,000 files just
-  // before a run makes ext4 slow to create new ones), the file system is
-  // synced first, and the better of two runs is kept: this machine is shared.
+  // Each run gets a fresh state and out dir, the file system is synced
+  // first, and the better of two runs is kept: this machine is shared.
+  // Nothing is deleted while anything is measured: for minutes after many
+  // files are deleted, ext4 creates files in those block groups slowly (its
+  // recently_deleted inode scan). So the runs stay in work/runs after this
+  // program (bench/run-all removes them when every benchmark is done), and a
+  // previous run's are moved aside now and removed at the end.
+  fs::path runs = work / "runs";
+  fs::path old_runs = work / "runs-old";
+  if (fs::exists(runs)) {
+    fs::remove_all(old_runs);
+    fs::rename(runs, old_runs);
+  }
+  fs::create_directories(runs);
   int run_no = 0;
   auto batch = [&](const std::string& what, std::vector<std::string> extra, std::size_t count, double limit,
                    const char* key_suffix, int attempts = 2) {
     Row best{what, count, 0, limit, 0, true};
     for (int attempt = 0; attempt < attempts; ++attempt) {
-      fs::path state = work / ("state-" + std::to_string(run_no));
-      fs::path out = work / ("out-" + std::to_string(run_no));
+      fs::path state = runs / ("state-" + std::to_string(run_no));
+      fs::path out = runs / ("out-" + std::to_string(run_no));
       ++run_no;
       if (run({keyline, "--state", state.string(), "ca", "init"}).exit_code != 0) {
         std::fprintf(stderr, "ca init failed\n");
@@ -337,9 +348,8 @@ int main(int argc, char** argv) {
               rss_big / rss_small <= 1.2 ? "met" : "NOT MET");
   X509_free(rc);
   EVP_PKEY_free(rk);
-  for (int i = 0; i < run_no; ++i) {
-    fs::remove_all(work / ("state-" + std::to_string(i)));
-    fs::remove_all(work / ("out-" + std::to_string(i)));
-  }
+  fs::remove_all(old_runs);
+  std::printf("\n(the runs' state and out dirs are in %s until the next run or the end of bench/run-all)\n",
+              runs.c_str());
   return all_ok ? 0 : 1;
 }
