@@ -280,7 +280,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   {
     unsigned char sha1[SHA_DIGEST_LENGTH];
     auto bits = key_bits->value.subspan(1);  // after the unused-bits octet
-    SHA1(bits.data(), bits.size(), sha1);
+    sha1_into(bits, sha1);
     Bytes key_id, octets, ext;
     detail::der_append_tlv(key_id, 0x04, ByteView(sha1, sizeof sha1));
     append(ext, kOidSki);

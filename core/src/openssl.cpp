@@ -117,8 +117,9 @@ void digest_into(const char* name, ByteView data, unsigned char* out) {
     explicit Md(const char* n) : md(EVP_MD_fetch(nullptr, n, nullptr)) {}
     ~Md() { EVP_MD_free(md); }
   };
-  static const Md sha256("SHA256"), sha384("SHA384");
-  const EVP_MD* md = std::string_view(name) == "SHA384" ? sha384.md : sha256.md;
+  static const Md sha1("SHA1"), sha256("SHA256"), sha384("SHA384");
+  std::string_view n(name);
+  const EVP_MD* md = n == "SHA384" ? sha384.md : n == "SHA1" ? sha1.md : sha256.md;
   thread_local std::unique_ptr<EVP_MD_CTX, Free<EVP_MD_CTX_free>> ctx(EVP_MD_CTX_new());
   if (!md || !ctx || EVP_DigestInit_ex2(ctx.get(), md, nullptr) != 1 ||
       EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 || EVP_DigestFinal_ex(ctx.get(), out, nullptr) != 1) {
@@ -129,6 +130,7 @@ void digest_into(const char* name, ByteView data, unsigned char* out) {
 
 }  // namespace
 
+void sha1_into(ByteView data, unsigned char* out) { digest_into("SHA1", data, out); }
 void sha256_into(ByteView data, unsigned char* out) { digest_into("SHA256", data, out); }
 void sha384_into(ByteView data, unsigned char* out) { digest_into("SHA384", data, out); }
 

@@ -44,7 +44,9 @@ TEST(Base64, RoundTripAllPaddings) {
 TEST(Sha2, IntoFormsMatchKnownAnswers) {
   const std::string abc = "abc";
   ByteView data(reinterpret_cast<const unsigned char*>(abc.data()), abc.size());
-  unsigned char d256[32], d384[48];
+  unsigned char d1[20], d256[32], d384[48];
+  sha1_into(data, d1);
+  EXPECT_EQ(to_hex(ByteView(d1, 20)), "A9993E364706816ABA3E25717850C26C9CD0D89D");
   sha256_into(data, d256);
   sha384_into(data, d384);
   EXPECT_EQ(to_hex(ByteView(d256, 32)), "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD");

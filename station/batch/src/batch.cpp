@@ -647,12 +647,12 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
       KL_TRY(auto tx, ledger.begin());
       std::int64_t now = clock.now().time_since_epoch().count();
       for (std::size_t i = 0; i < group.size(); ++i) {
-        const auto& c = group[i].cert;
+        auto& c = group[i].cert;
         CertificateRecord r;
         r.serial = c.serial_hex;
         r.registration_id = c.registration_id;
         r.profile = profile.name;
-        r.subject = c.subject;
+        r.subject = std::move(c.subject);  // not needed after the commit
         r.cert_sha256 = c.cert_sha256;
         r.pubkey_sha256 = c.pubkey_sha256;
         r.not_before = c.not_before.time_since_epoch().count();
@@ -660,7 +660,7 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
         r.issued_at = now;
         r.batch_id = summary.batch_id;
         r.operator_name = o.actor.operator_name;
-        r.der = c.der;
+        r.der = std::move(c.der);  // nor is the DER (the file is written from the PEM)
         auto st = ledger.insert_certificate(r, false);
         if (!st) {
           if (st.error().domain() != Domain::policy) return std::unexpected(st.error());

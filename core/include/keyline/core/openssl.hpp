@@ -70,8 +70,10 @@ Result<X509Ptr> x509_from_pem(std::string_view pem, std::string_view source);
 // "-----END LABEL-----". The intermediate base64 text is wiped (keys use it).
 std::string pem_encode(std::string_view label, ByteView der);
 
-// SHA-256 / SHA-384 of bytes. The _into forms write 32 / 48 bytes to `out`
-// and cost no allocation (hot paths: one call or more per certificate).
+// SHA-256 / SHA-384 of bytes. The _into forms write 20 / 32 / 48 bytes to
+// `out` and cost no allocation (hot paths: one call or more per
+// certificate). SHA-1 only for key identifiers (RFC 5280 §4.2.1.2).
+void sha1_into(ByteView data, unsigned char* out);
 void sha256_into(ByteView data, unsigned char* out);
 void sha384_into(ByteView data, unsigned char* out);
 Bytes sha256(ByteView data);
