@@ -208,6 +208,9 @@ int main(int argc, char** argv) {
   tk::SoftHsm hsm2("LINE2");
   run_keyline(p11_state2, {"ca", "init", "--key-store", hsm2.uri()});
   double p11_batch2 = batch_rate(p11_state2, csr_dir, work.path(), n, "2");
+  // Raw rates are measured before and after the batch runs and the higher
+  // is used (this machine's speed drifts; the higher gives the stricter ratio).
+  p11_raw = std::max(p11_raw, raw_pkcs11_rate(hsm, false));
 
   // TPM 2.0 through swtpm.
   tk::Swtpm tpm;
@@ -220,11 +223,12 @@ int main(int argc, char** argv) {
   // workers mostly wait for the TPM, so three fit on two cores).
   std::size_t tpm_n = std::min<std::size_t>(n, 6000);
   double tpm_batch = batch_rate(tpm_state, csr_dir, work.path(), tpm_n, "3");
+  tpm_raw = std::max(tpm_raw, raw_tpm_rate(tpm));
 
   double p11_limit = std::min(crypto_limit, p11_raw);
   double p11_best = std::max(p11_batch1, p11_batch2);
   std::printf("\n%-44s %12s %12s\n", "key store", "per second", "ratio");
-  std::printf("%-44s %12.0f\n", "SoftHSM2 raw C_Sign loop (1 thread)", p11_raw);
+  std::printf("%-44s %12.0f\n", "SoftHSM2 raw C_Sign loop (best of 2)", p11_raw);
   std::printf("%-44s %12.0f %12.2f  (x raw)\n", "  ... on a session copy of the key", p11_raw_copy,
               p11_raw_copy / p11_raw);
   std::printf("%-44s %12.0f %12.2f  (x raw)\n", "SoftHSM2 via keyline hsm test", p11_keyline, p11_keyline / p11_raw);
@@ -232,7 +236,7 @@ int main(int argc, char** argv) {
               p11_batch1 / p11_limit, crypto_limit);
   std::printf("%-44s %12.0f %12.2f  (x min(crypto, token))\n", "SoftHSM2 ca batch --jobs 2", p11_batch2,
               p11_batch2 / p11_limit);
-  std::printf("%-44s %12.0f\n", "swtpm raw Esys_Sign loop", tpm_raw);
+  std::printf("%-44s %12.0f\n", "swtpm raw Esys_Sign loop (best of 2)", tpm_raw);
   std::printf("%-44s %12.0f %12.2f  (x raw)\n", "swtpm via keyline hsm test", tpm_keyline, tpm_keyline / tpm_raw);
   std::printf("%-44s %12.0f %12.2f  (x raw)\n", "swtpm ca batch --jobs 3", tpm_batch, tpm_batch / tpm_raw);
   std::printf("\nTargets:\n");
