@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "keyline/core/files.hpp"
+#include "sqlite_util.hpp"
 
 namespace keyline::station {
 
@@ -154,15 +155,7 @@ constexpr const char* kMigrations[] = {
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
-struct StmtDeleter {
-  void operator()(sqlite3_stmt* s) const noexcept { sqlite3_finalize(s); }
-};
-using Stmt = std::unique_ptr<sqlite3_stmt, StmtDeleter>;
-
-std::string column_text(sqlite3_stmt* s, int i) {
-  auto* p = sqlite3_column_text(s, i);
-  return p ? std::string(reinterpret_cast<const char*>(p)) : std::string();
-}
+using sql::Stmt;
 
 constexpr const char* kCertColumns =
     "serial, registration_id, profile, subject, cert_sha256, pubkey_sha256, not_before, "
@@ -171,22 +164,22 @@ constexpr const char* kCertColumns =
 
 CertificateRecord read_record(sqlite3_stmt* s, bool with_der) {
   CertificateRecord r;
-  r.serial = column_text(s, 0);
-  r.registration_id = column_text(s, 1);
-  r.profile = column_text(s, 2);
-  r.subject = column_text(s, 3);
-  r.cert_sha256 = column_text(s, 4);
-  r.pubkey_sha256 = column_text(s, 5);
+  r.serial = sql::text(s, 0);
+  r.registration_id = sql::text(s, 1);
+  r.profile = sql::text(s, 2);
+  r.subject = sql::text(s, 3);
+  r.cert_sha256 = sql::text(s, 4);
+  r.pubkey_sha256 = sql::text(s, 5);
   r.not_before = sqlite3_column_int64(s, 6);
   r.not_after = sqlite3_column_int64(s, 7);
-  r.status = column_text(s, 8);
+  r.status = sql::text(s, 8);
   r.issued_at = sqlite3_column_int64(s, 9);
   if (sqlite3_column_type(s, 10) != SQLITE_NULL) r.revoked_at = sqlite3_column_int64(s, 10);
-  r.revocation_reason = column_text(s, 11);
-  r.superseded_by = column_text(s, 12);
-  r.batch_id = column_text(s, 13);
-  r.operator_name = column_text(s, 14);
-  r.device_serial = column_text(s, 15);
+  r.revocation_reason = sql::text(s, 11);
+  r.superseded_by = sql::text(s, 12);
+  r.batch_id = sql::text(s, 13);
+  r.operator_name = sql::text(s, 14);
+  r.device_serial = sql::text(s, 15);
   if (with_der) {
     auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(s, 16));
     r.der.assign(p, p + sqlite3_column_bytes(s, 16));
@@ -484,7 +477,7 @@ Result<std::optional<ActiveRef>> Ledger::active_ref(const std::string& registrat
   Binder{s}.text(registration_id).text(profile);
   int rc = sqlite3_step(s);
   std::optional<ActiveRef> out;
-  if (rc == SQLITE_ROW) out = ActiveRef{column_text(s, 0), column_text(s, 1), column_text(s, 2)};
+  if (rc == SQLITE_ROW) out = ActiveRef{sql::text(s, 0), sql::text(s, 1), sql::text(s, 2)};
   sqlite3_reset(s);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) return std::unexpected(sqlite_error("looking up a certificate"));
   return out;
@@ -509,8 +502,8 @@ Result<std::optional<BatchRecord>> Ledger::batch(const std::string& id) {
   Binder{s}.text(id);
   int rc = sqlite3_step(s);
   if (rc == SQLITE_ROW)
-    return std::optional<BatchRecord>(BatchRecord{column_text(s, 0), column_text(s, 1), column_text(s, 2),
-                                                  column_text(s, 3), sqlite3_column_int64(s, 4)});
+    return std::optional<BatchRecord>(BatchRecord{sql::text(s, 0), sql::text(s, 1), sql::text(s, 2),
+                                                  sql::text(s, 3), sqlite3_column_int64(s, 4)});
   if (rc == SQLITE_DONE) return std::optional<BatchRecord>();
   return std::unexpected(sqlite_error("reading batch " + id));
 }
@@ -567,7 +560,7 @@ Result<std::map<std::string, std::int64_t>> Ledger::counts_by_status() {
   Stmt st(s);
   std::map<std::string, std::int64_t> out{{"active", 0}, {"revoked", 0}, {"superseded", 0}};
   int rc;
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) out[column_text(s, 0)] = sqlite3_column_int64(s, 1);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) out[sql::text(s, 0)] = sqlite3_column_int64(s, 1);
   if (rc != SQLITE_DONE) return std::unexpected(sqlite_error("counting certificates"));
   return out;
 }
@@ -632,7 +625,7 @@ Result<std::optional<std::string>> Ledger::meta(const std::string& key) {
   Stmt st(s);
   Binder{s}.text(key);
   int rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) return std::optional<std::string>(column_text(s, 0));
+  if (rc == SQLITE_ROW) return std::optional<std::string>(sql::text(s, 0));
   if (rc == SQLITE_DONE) return std::optional<std::string>();
   return std::unexpected(sqlite_error("reading " + key));
 }
