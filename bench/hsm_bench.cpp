@@ -210,7 +210,8 @@ int main(int argc, char** argv) {
   double p11_batch2 = batch_rate(p11_state2, csr_dir, work.path(), n, "2");
   // Raw rates are measured before and after the batch runs and the higher
   // is used (this machine's speed drifts; the higher gives the stricter ratio).
-  p11_raw = std::max(p11_raw, raw_pkcs11_rate(hsm, false));
+  // (On the second token: SOFTHSM2_CONF now points at its directory.)
+  p11_raw = std::max(p11_raw, raw_pkcs11_rate(hsm2, false));
 
   // TPM 2.0 through swtpm.
   tk::Swtpm tpm;
