@@ -861,9 +861,15 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
     // The run's outcome closes its part of the trail.
     auto st = [&]() -> Status {
       KL_TRY(auto tx, ledger.begin());
-      KL_TRY(auto rec, trail.append(stop.load() ? "batch.interrupted" : "batch.finished",
-                                    {{"batch", summary.batch_id}, {"issued", progress.issued},
-                                     {"already_done", progress.already_done}, {"rejected", progress.rejected}}));
+      // A run stopped by an unreadable input folder is interrupted too (what
+      // was signed before is committed); the body says why.
+      nlohmann::json body = {{"batch", summary.batch_id},
+                             {"issued", progress.issued},
+                             {"already_done", progress.already_done},
+                             {"rejected", progress.rejected}};
+      if (pipeline_error) body["error"] = pipeline_error->message();
+      KL_TRY(auto rec,
+             trail.append(stop.load() || pipeline_error ? "batch.interrupted" : "batch.finished", body));
       (void)rec;
       if (o.on_commit) KL_CHECK(o.on_commit(trail));
       return tx.commit();
