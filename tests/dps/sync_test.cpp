@@ -26,8 +26,12 @@ std::unique_ptr<DpsClient> sync_client_for(const testkit::DpsEmulator& emu, cons
 
 TEST(EnrollmentSync, DrainsThroughFaultsExactlyOnce) {
   testkit::TempDir dir;
+  // Random faults, and a quota of two service calls a second: the sync's
+  // first five bulk calls go out together (up to four in flight), so at
+  // least one is throttled whatever the random draws give (the sync makes
+  // only a handful of calls, ten enrollments each).
   testkit::DpsEmulator emu(dir / "emu", {"--fail-rate-429", "0.1", "--fail-rate-500", "0.1", "--reset-rate", "0.1",
-                                         "--retry-after", "1", "--seed", "11"});
+                                         "--retry-after", "1", "--seed", "11", "--quota", "120"});
   SystemClock clock;
   auto ledger = Ledger::create(dir / "ledger.db");
   ASSERT_TRUE(ledger);
