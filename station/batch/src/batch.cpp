@@ -25,6 +25,7 @@
 #include "keyline/core/log.hpp"
 #include "keyline/core/secret.hpp"
 #include "device_keys.hpp"
+#include "out_dir.hpp"
 
 namespace keyline::station::batch {
 
@@ -32,8 +33,6 @@ namespace {
 
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
-
-constexpr const char* kPendingSuffix = ".pending";
 
 // ------------------------------------------------------------------ sources
 
@@ -298,149 +297,12 @@ struct Worker {
   }
 };
 
-// ------------------------------------------------------------------ out dir
-
-struct OutDir {
-  fs::path dir;
-  int dir_fd = -1;
-  int lock_fd = -1;
-  ~OutDir() {
-    if (lock_fd >= 0) ::close(lock_fd);
-    if (dir_fd >= 0) ::close(dir_fd);
-  }
-
-  Status open(const fs::path& path) {
-    dir = path;
-    KL_CHECK(files::ensure_dir(dir, 0755));
-    dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd < 0) return fail(Domain::io, "cannot open --out " + files::errno_text(dir, errno));
-    lock_fd = ::open((dir / ".keyline-batch.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
-      return fail(Domain::state, "another 'keyline ca batch' is writing to " + dir.string() + "; wait for it to finish");
-    return {};
-  }
-
-  Status sync() {
-    if (::syncfs(dir_fd) != 0) return fail(Domain::io, "syncing " + files::errno_text(dir, errno));
-    return {};
-  }
-
-  // Writes without fsync (the writer syncs the whole file system once per group).
-  Status write_pending(const std::string& name, std::string_view data, unsigned mode) {
-    int fd = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return fail(Domain::io, "cannot write " + files::errno_text(dir / name, errno));
-    std::size_t off = 0;
-    while (off < data.size()) {
-      ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        int err = errno;
-        ::close(fd);
-        return fail(Domain::io, "cannot write " + files::errno_text(dir / name, err));
-      }
-      off += static_cast<std::size_t>(n);
-    }
-    ::close(fd);
-    return {};
-  }
-
-  Status rename(const std::string& from, const std::string& to) {
-    if (::renameat(dir_fd, from.c_str(), dir_fd, to.c_str()) != 0)
-      return fail(Domain::io, "cannot rename " + files::errno_text(dir / from, errno));
-    return {};
-  }
-
-  void remove(const std::string& name) { ::unlinkat(dir_fd, name.c_str(), 0); }
-};
-
-std::string pending_key_name(const std::string& id, const std::string& serial, const char* suffix) {
-  return "." + id + "." + serial + suffix + kPendingSuffix;
-}
-
-// One manifest.jsonl line. Every value is hex, a timestamp, or made of
-// registration-ID characters (letters, digits, - . _ :), so no escaping is
-// needed; written by hand because it is on the writer's hot path.
-std::string manifest_line(const std::string& id, const std::string& serial, const std::string& cert_sha256,
-                          const std::string& pubkey_sha256, std::int64_t not_after, const std::string& key_file,
-                          const std::string& key_sha256) {
-  std::string line;
-  line.reserve(320);
-  line += R"({"registration_id":")" + id + R"(","serial":")" + serial + R"(","cert_sha256":")" + cert_sha256 +
-          R"(","pubkey_sha256":")" + pubkey_sha256 + R"(","not_after":")" +
-          format_utc(TimePoint(std::chrono::seconds(not_after))) + R"(","cert_file":")" + id + R"(.pem")";
-  if (!key_file.empty()) line += R"(,"key_file":")" + key_file + R"(","key_file_sha256":")" + key_sha256 + '"';
-  line += "}";
-  return line;
-}
-
-// Appends lines and fsyncs; the file only ever grows by whole lines.
-class JsonlFile {
- public:
-  Status open(const fs::path& path, bool truncate) {
-    path_ = path;
-    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0), 0644);
-    if (fd_ < 0) return fail(Domain::io, "cannot open " + files::errno_text(path, errno));
-    return {};
-  }
-  ~JsonlFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  void add(const json& j) { add(j.dump()); }
-  void add(const std::string& line) {
-    buffer_ += line;
-    buffer_ += '\n';
-  }
-  Status flush() {
-    if (buffer_.empty()) return {};
-    std::size_t off = 0;
-    while (off < buffer_.size()) {
-      ssize_t n = ::write(fd_, buffer_.data() + off, buffer_.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return fail(Domain::io, "cannot append to " + files::errno_text(path_, errno));
-      off += static_cast<std::size_t>(n);
-    }
-    buffer_.clear();
-    if (::fdatasync(fd_) != 0) return fail(Domain::io, "cannot sync " + files::errno_text(path_, errno));
-    return {};
-  }
-
- private:
-  fs::path path_;
-  int fd_ = -1;
-  std::string buffer_;
-};
-
-// Keeps whole lines only (drops a line torn by a crash) and counts them.
-Result<std::uint64_t> repair_jsonl(const fs::path& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return 0;
-    return fail(Domain::io, "cannot open " + files::errno_text(path, errno));
-  }
-  std::uint64_t lines = 0;
-  off_t last_newline_end = 0, pos = 0;
-  char buf[1 << 16];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    for (ssize_t i = 0; i < n; ++i)
-      if (buf[i] == '\n') {
-        ++lines;
-        last_newline_end = pos + i + 1;
-      }
-    pos += n;
-  }
-  if (pos != last_newline_end) {
-    if (::ftruncate(fd, last_newline_end) != 0) {
-      ::close(fd);
-      return fail(Domain::io, "cannot repair " + files::errno_text(path, errno));
-    }
-    log::get("batch")->warn("dropped a torn last line from {}", path.string());
-  }
-  ::close(fd);
-  return lines;
-}
+using detail::JsonlFile;
+using detail::kPendingSuffix;
+using detail::manifest_line;
+using detail::OutDir;
+using detail::pending_key_name;
+using detail::repair_jsonl;
 
 std::string random_batch_id() {
   unsigned char b[8];
