@@ -182,6 +182,74 @@ Result<X509NamePtr> leaf_subject(const IssueRequest& request, const Profile& pro
   return subject;
 }
 
+// The leaf subject as DER and as text. The profile's C/O/OU part is encoded
+// by OpenSSL once per thread and profile; the CN (a registration ID: only
+// [a-z0-9-._:], nothing to escape) is appended to it by hand, as the UTF8String
+// OpenSSL would write. Profiles with a serialNumber attribute take the
+// general path.
+struct LeafSubject {
+  Bytes der;
+  std::string text;
+};
+
+Result<LeafSubject> encode_leaf_subject(const IssueRequest& request, const Profile& profile) {
+  if (profile.serial_number_attribute) {
+    KL_TRY(X509NamePtr name, leaf_subject(request, profile));
+    LeafSubject out;
+    unsigned char* p = nullptr;
+    int n = i2d_X509_NAME(name.get(), &p);
+    if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the subject"));
+    out.der.assign(p, p + n);
+    OPENSSL_free(p);
+    out.text = name_to_string(name.get());
+    return out;
+  }
+  struct Prefix {
+    std::string c, o, ou;
+    Bytes rdns;          // the SET OF RDNs before the CN, DER
+    std::string text;    // ",OU=..,O=..,C=.." (RFC 2253 order: CN first)
+    bool valid = false;
+  };
+  thread_local Prefix prefix;
+  if (!prefix.valid || prefix.c != profile.subject_c || prefix.o != profile.subject_o ||
+      prefix.ou != profile.subject_ou) {
+    X509NamePtr name(X509_NAME_new());
+    if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(name.get(), "C", profile.subject_c));
+    if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(name.get(), "O", profile.subject_o));
+    if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(name.get(), "OU", profile.subject_ou));
+    unsigned char* p = nullptr;
+    int n = i2d_X509_NAME(name.get(), &p);
+    if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the subject"));
+    std::span<const unsigned char> whole(p, static_cast<std::size_t>(n));
+    auto seq = der::expect(whole, 0x30);
+    if (!seq) {
+      OPENSSL_free(p);
+      return fail(Domain::internal, "OpenSSL encoded a subject that is not a SEQUENCE");
+    }
+    prefix.rdns.assign(seq->value.begin(), seq->value.end());
+    OPENSSL_free(p);
+    prefix.text = X509_NAME_entry_count(name.get()) ? "," + name_to_string(name.get()) : "";
+    prefix.c = profile.subject_c;
+    prefix.o = profile.subject_o;
+    prefix.ou = profile.subject_ou;
+    prefix.valid = true;
+  }
+  static constexpr unsigned char kOidCn[] = {0x06, 0x03, 0x55, 0x04, 0x03};
+  const std::string& id = request.registration_id.str();
+  Bytes atv(std::begin(kOidCn), std::end(kOidCn));
+  detail::der_append_tlv(atv, 0x0c, ByteView(reinterpret_cast<const unsigned char*>(id.data()), id.size()));
+  Bytes rdn;
+  detail::der_append_tlv(rdn, 0x30, atv);
+  Bytes rdns = prefix.rdns;
+  detail::der_append_tlv(rdns, 0x31, rdn);
+  LeafSubject out;
+  out.der.reserve(rdns.size() + 4);
+  detail::der_append_tlv(out.der, 0x30, rdns);
+  out.text.reserve(3 + id.size() + prefix.text.size());
+  out.text.append("CN=").append(id).append(prefix.text);
+  return out;
+}
+
 // subjectAltName for the profile, or null when the profile has none.
 Result<GeneralNamesPtr> leaf_alt_names(const IssueRequest& request, const Profile& profile) {
   if (profile.uri_san_template.empty() && profile.hardware_module_oid.empty()) return GeneralNamesPtr();
@@ -264,12 +332,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   TimePoint now = clock_->now();
   TimePoint not_before = now - profile.backdate;
   TimePoint not_after = profile.validity_days ? leaf_not_after(profile, now) : kForever;
-  KL_TRY(X509NamePtr subject, leaf_subject(request, profile));
-  unsigned char* subject_der_p = nullptr;
-  int subject_len = i2d_X509_NAME(subject.get(), &subject_der_p);
-  if (subject_len <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the subject"));
-  Bytes subject_der(subject_der_p, subject_der_p + subject_len);
-  OPENSSL_free(subject_der_p);
+  KL_TRY(LeafSubject subject, encode_leaf_subject(request, profile));
 
   Bytes exts;
   exts.reserve(256);
@@ -306,7 +369,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   }
 
   Bytes body;
-  body.reserve(512 + exts.size() + subject_der.size() + request.public_key.size());
+  body.reserve(512 + exts.size() + subject.der.size() + request.public_key.size());
   static constexpr unsigned char kVersion3[] = {0xa0, 0x03, 0x02, 0x01, 0x02};
   append(body, kVersion3);
   detail::der_append_tlv(body, 0x02, serial);
@@ -317,7 +380,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   append_time(validity, not_before);
   append_time(validity, not_after);
   detail::der_append_tlv(body, 0x30, validity);
-  append(body, subject_der);
+  append(body, subject.der);
   append(body, request.public_key);
   Bytes ext_seq;
   detail::der_append_tlv(ext_seq, 0x30, exts);
@@ -335,7 +398,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   out.pem = pem_encode("CERTIFICATE", out.der);
   out.serial_hex = to_hex(serial);
   out.registration_id = request.registration_id.str();
-  out.subject = name_to_string(subject.get());
+  out.subject = std::move(subject.text);
   out.cert_sha256 = sha256_hex(out.der);
   out.pubkey_sha256 = sha256_hex(request.public_key);
   out.not_before = not_before;

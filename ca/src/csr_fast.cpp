@@ -24,12 +24,18 @@ constexpr unsigned char kOidEcdsaSha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04,
 constexpr unsigned char kOidEcdsaSha384[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03};
 constexpr unsigned char kOidCommonName[] = {0x55, 0x04, 0x03};
 
-struct GroupCache {
-  EC_GROUP* p256 = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
-  EC_GROUP* p384 = EC_GROUP_new_by_curve_name(NID_secp384r1);
-  ~GroupCache() {
-    EC_GROUP_free(p256);
-    EC_GROUP_free(p384);
+// A key object per curve and thread, reused for every CSR: only its public
+// point changes (EC_KEY_new and EC_KEY_set_group copy the group each time).
+struct VerifyKeys {
+  EC_KEY* p256 = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+  EC_KEY* p384 = EC_KEY_new_by_curve_name(NID_secp384r1);
+  EC_POINT* p256_point = p256 ? EC_POINT_new(EC_KEY_get0_group(p256)) : nullptr;
+  EC_POINT* p384_point = p384 ? EC_POINT_new(EC_KEY_get0_group(p384)) : nullptr;
+  ~VerifyKeys() {
+    EC_POINT_free(p256_point);
+    EC_POINT_free(p384_point);
+    EC_KEY_free(p256);
+    EC_KEY_free(p384);
   }
 };
 
@@ -159,15 +165,14 @@ std::optional<AcceptedCsr> accept_simple_csr(std::string_view bytes, const Profi
   if (sig.size() < 2 || sig[0] != 0x00) return std::nullopt;
   sig = sig.subspan(1);
 
-  thread_local GroupCache groups;
-  const EC_GROUP* group = algorithm == hsm::Algorithm::ec_p256 ? groups.p256 : groups.p384;
-  std::unique_ptr<EC_KEY, Free<EC_KEY_free>> key(EC_KEY_new());
-  std::unique_ptr<EC_POINT, Free<EC_POINT_free>> pub(EC_POINT_new(group));
-  bool ok = key && pub && EC_KEY_set_group(key.get(), group) == 1 &&
-            EC_POINT_oct2point(group, pub.get(), point.data(), point.size(), nullptr) == 1 &&  // on-curve check
-            EC_KEY_set_public_key(key.get(), pub.get()) == 1 &&
-            ECDSA_verify(0, digest, static_cast<int>(digest_len), sig.data(), static_cast<int>(sig.size()),
-                         key.get()) == 1;
+  thread_local VerifyKeys keys;
+  bool p256 = algorithm == hsm::Algorithm::ec_p256;
+  EC_KEY* key = p256 ? keys.p256 : keys.p384;
+  EC_POINT* pub = p256 ? keys.p256_point : keys.p384_point;
+  bool ok = key && pub &&
+            EC_POINT_oct2point(EC_KEY_get0_group(key), pub, point.data(), point.size(), nullptr) == 1 &&  // on-curve
+            EC_KEY_set_public_key(key, pub) == 1 &&
+            ECDSA_verify(0, digest, static_cast<int>(digest_len), sig.data(), static_cast<int>(sig.size()), key) == 1;
   if (!ok) {
     drain_openssl_errors();
     return std::nullopt;

@@ -61,12 +61,27 @@ void SystemRng::fill(std::span<unsigned char> out) {
 }
 
 std::string format_utc(TimePoint t) {
+  // Batch issuance formats the same few seconds thousands of times (record
+  // times, not_after): the last two are kept per thread.
+  struct Cache {
+    std::time_t t[2] = {-1, -1};
+    char text[2][32] = {};
+    int next = 0;
+  };
+  thread_local Cache cache;
   std::time_t tt = static_cast<std::time_t>(t.time_since_epoch().count());
+  for (int i = 0; i < 2; ++i)
+    if (cache.t[i] == tt) return cache.text[i];
   std::tm tm{};
   gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  int slot = cache.next;
+  cache.next ^= 1;
+  if (std::strftime(cache.text[slot], sizeof cache.text[slot], "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+    cache.t[slot] = -1;
+    return {};
+  }
+  cache.t[slot] = tt;
+  return cache.text[slot];
 }
 
 std::optional<TimePoint> parse_utc(std::string_view text) {

@@ -6,6 +6,8 @@
 #include "format.hpp"
 #include "keyline/core/hex.hpp"
 #include "keyline/station/audit.hpp"
+#include "keyline/station/ledger.hpp"
+#include "keyline/testkit/testkit.hpp"
 
 namespace keyline::station::audit {
 namespace {
@@ -76,6 +78,51 @@ TEST(AuditFormat, CsvLineRoundTripsQuotesAndCommas) {
 TEST(AuditFormat, CheckpointMessageIsTheDocumentedText) {
   EXPECT_EQ(checkpoint_message("line-1", 7, "ab", "2026-11-26T08:00:00Z"),
             "keyline-audit-checkpoint-v1\nline-1\n7\nab\n2026-11-26T08:00:00Z\n");
+}
+
+// The trail keeps the head it appended for the rest of that transaction; a
+// rolled-back transaction must not leave it behind.
+TEST(AuditFormat, TrailHeadFollowsCommitsAndRollbacks) {
+  testkit::TempDir dir;
+  auto ledger = Ledger::create(dir / "ledger.db");
+  ASSERT_TRUE(ledger) << ledger.error().message();
+  FixedClock clock(TimePoint(std::chrono::seconds(1'800'000'000)));
+  Trail trail(*ledger, Actor{"line-1", "ops"}, clock);
+  auto append = [&](int i) {
+    auto r = trail.append("test.event", {{"i", i}});
+    EXPECT_TRUE(r) << r.error().message();
+    return r ? r->seq : -1;
+  };
+  {
+    auto tx = ledger->begin();
+    ASSERT_TRUE(tx);
+    EXPECT_EQ(append(1), 1);
+    EXPECT_EQ(append(2), 2);
+    ASSERT_TRUE(tx->commit());
+  }
+  {
+    auto tx = ledger->begin();
+    ASSERT_TRUE(tx);
+    EXPECT_EQ(append(3), 3);
+    EXPECT_EQ(append(4), 4);
+  }  // rolled back
+  {
+    auto tx = ledger->begin();
+    ASSERT_TRUE(tx);
+    EXPECT_EQ(append(3), 3);
+    EXPECT_TRUE(trail.append_canonical("test.event", canonical_body({{"i", 4}})));
+    ASSERT_TRUE(tx->commit());
+  }
+  // The stored chain links up: each hash is over the previous one.
+  std::string prev(kGenesisHash);
+  std::int64_t n = 0;
+  ASSERT_TRUE(for_each_record(*ledger, 0, INT64_MAX, [&](const Record& r) -> Status {
+    EXPECT_EQ(r.seq, ++n);
+    EXPECT_EQ(r.hash, chain_hash(prev, canonical_record(r)));
+    prev = r.hash;
+    return {};
+  }));
+  EXPECT_EQ(n, 4);
 }
 
 }  // namespace

@@ -239,27 +239,43 @@ struct ParityCase {
   bool idevid;
 };
 
+// A root and intermediate, and two authorities over the same intermediate
+// key whose random sources give the same serials: the fast path and the
+// OpenSSL reference path must then write the same certificate.
+struct TwinAuthorities {
+  testkit::TempDir dir;
+  FixedClock clock{test::t0()};
+  test::CountingRng setup_rng, rng_fast, rng_ref;
+  X509Ptr root, inter;
+  std::optional<Authority> fast, ref;
+
+  TwinAuthorities(hsm::Algorithm algorithm, const char* root_dn, const char* inter_dn) {
+    auto store = *hsm::open("file:" + (dir / "k").string());
+    auto root_key = *store->generate_signing_key("root", algorithm);
+    auto inter_key = *store->generate_signing_key("inter", algorithm);
+    root = *make_root(*root_key, *parse_dn(root_dn).value(), 3650, clock, setup_rng);
+    inter = *make_intermediate(*root_key, *root, inter_key->public_key(), *parse_dn(inter_dn).value(), 3650, clock,
+                               setup_rng);
+    auto make = [&](Rng& rng) {
+      std::vector<X509Ptr> chain;
+      chain.emplace_back(X509_dup(root.get()));
+      return *Authority::create(X509Ptr(X509_dup(inter.get())), std::move(chain), inter_key, clock, rng);
+    };
+    fast.emplace(make(rng_fast));
+    ref.emplace(make(rng_ref));
+  }
+};
+
 class FastPathParity : public ::testing::TestWithParam<ParityCase> {};
 
 TEST_P(FastPathParity, TbsIsByteIdenticalToTheReferencePath) {
   const ParityCase& pc = GetParam();
-  testkit::TempDir dir;
-  FixedClock clock(test::t0());
-  test::CountingRng setup_rng;
-  auto store = *hsm::open("file:" + (dir / "k").string());
-  auto root_key = *store->generate_signing_key("root", pc.ca_algorithm);
-  auto inter_key = *store->generate_signing_key("inter", pc.ca_algorithm);
-  auto root = *make_root(*root_key, *parse_dn("CN=Root,O=Example").value(), 3650, clock, setup_rng);
-  auto inter = *make_intermediate(*root_key, *root, inter_key->public_key(),
-                                  *parse_dn("CN=Line CA,O=Example,C=DE").value(), 3650, clock, setup_rng);
-  test::CountingRng rng_fast, rng_ref;  // same sequence: same serials
-  auto make = [&](Rng& rng) {
-    std::vector<X509Ptr> chain;
-    chain.emplace_back(X509_dup(root.get()));
-    return *Authority::create(X509Ptr(X509_dup(inter.get())), std::move(chain), inter_key, clock, rng);
-  };
-  Authority fast = make(rng_fast);
-  Authority ref = make(rng_ref);
+  TwinAuthorities twins(pc.ca_algorithm, "CN=Root,O=Example", "CN=Line CA,O=Example,C=DE");
+  const Authority& fast = *twins.fast;
+  const Authority& ref = *twins.ref;
+  const FixedClock& clock = twins.clock;
+  const X509Ptr& root = twins.root;
+  const X509Ptr& inter = twins.inter;
 
   Profile p;
   p.subject_o = "Example Corp";
@@ -294,6 +310,31 @@ TEST_P(FastPathParity, TbsIsByteIdenticalToTheReferencePath) {
     EXPECT_EQ(described->serial_hex, a->serial_hex);
     EXPECT_EQ(described->cert_sha256, a->cert_sha256);
     ASSERT_TRUE(verify_chain(**x509_from_der(a->der), *inter, *root, clock));
+  }
+}
+
+// The fast path keeps the profile's encoded C/O/OU per thread: switching
+// profiles (and names OpenSSL must escape or encode) changes it.
+TEST(FastPathSubject, FollowsTheProfileAndMatchesOpenSsl) {
+  TwinAuthorities twins(hsm::Algorithm::ec_p256, "CN=Root", "CN=Line CA");
+  const Authority& fast = *twins.fast;
+  const Authority& ref = *twins.ref;
+  Profile plain, named, escaped;
+  named.subject_o = "Example Corp";
+  named.subject_c = "DE";
+  escaped.subject_o = "Acme, Inc. \"Nord\" +1";
+  escaped.subject_ou = "Zoë's line #2";
+  EvpPkeyPtr key = testkit::ec_key("P-256");
+  int i = 0;
+  for (const Profile* p : {&plain, &named, &escaped, &plain, &escaped, &named}) {
+    IssueRequest req{*RegistrationId::for_certificate("dev-" + std::to_string(i++) + ".a_b:c"),
+                     *hsm::public_key_der(key.get()), std::nullopt};
+    auto a = fast.issue(req, *p);
+    auto b = ref.issue_reference(req, *p);
+    ASSERT_TRUE(a) << a.error().message();
+    ASSERT_TRUE(b) << b.error().message();
+    EXPECT_EQ(tbs_of(a->der), tbs_of(b->der));
+    EXPECT_EQ(a->subject, b->subject);
   }
 }
 

@@ -86,6 +86,19 @@ TEST(SystemRng, SmallDrawsNeverRepeatAcrossThreadsOrAFork) {
   EXPECT_EQ(seen.count(child), 0u);
 }
 
+TEST(Clock, FormatUtcIsRightWhateverTheOrderOfTimes) {
+  // format_utc keeps the last two results per thread: interleave three.
+  const TimePoint a(std::chrono::seconds(0)), b(std::chrono::seconds(1'830'000'123)),
+      c(std::chrono::seconds(4'102'444'799));
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_EQ(format_utc(a), "1970-01-01T00:00:00Z");
+    EXPECT_EQ(format_utc(b), "2027-12-28T13:22:03Z");
+    EXPECT_EQ(format_utc(c), "2099-12-31T23:59:59Z");
+    EXPECT_EQ(format_utc(b), "2027-12-28T13:22:03Z");
+  }
+  for (TimePoint t : {a, b, c}) EXPECT_EQ(parse_utc(format_utc(t)), t);
+}
+
 TEST(Errors, MapToDocumentedExitCodes) {
   EXPECT_EQ(exit_code_for(Error(Domain::usage, "x")), ExitCode::usage);
   EXPECT_EQ(exit_code_for(Error(Domain::input, "x")), ExitCode::bad_input);

@@ -163,6 +163,23 @@ TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
     }
     EXPECT_TRUE(l->batch_certificate_count("none"));  // v3 column exists
     EXPECT_TRUE(l->next_crl_number());  // v2 table exists
+    if (from >= 1) {
+      // v7 rebuilt the table: its constraints and lookups still hold.
+      EXPECT_FALSE(l->exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
+                           "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
+                           "('02','kept','device','CN=kept','c2','p1',1,2,'active',1,x'3000')"));
+      EXPECT_FALSE(l->exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
+                           "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
+                           "('01','other','device','CN=other','c3','p1',1,2,'active',1,x'3000')"));
+      ASSERT_TRUE(l->exec("UPDATE certificates SET status='revoked' WHERE serial='01'"));
+      std::vector<std::string> revoked, active;
+      ASSERT_TRUE(l->for_each_certificate({std::nullopt, "revoked"},
+                                          [&](const CertificateRecord& r) { revoked.push_back(r.serial); }));
+      ASSERT_TRUE(l->for_each_certificate({std::nullopt, "active"},
+                                          [&](const CertificateRecord& r) { active.push_back(r.serial); }));
+      EXPECT_EQ(revoked, std::vector<std::string>{"01"});
+      EXPECT_TRUE(active.empty());
+    }
   }
 }
 

@@ -165,6 +165,9 @@ Trail::~Trail() {
 }
 
 Result<std::pair<std::int64_t, std::string>> Trail::head() {
+  if (cached_head_ && cached_head_->transaction == ledger_.transaction_number() &&
+      !sqlite3_get_autocommit(ledger_.handle()))
+    return std::pair{cached_head_->seq, cached_head_->hash};
   if (!head_ && sqlite3_prepare_v2(ledger_.handle(), "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
                                    -1, &head_, nullptr) != SQLITE_OK)
     return std::unexpected(db_error(ledger_, "reading the audit trail's head"));
@@ -182,6 +185,10 @@ Result<std::pair<std::int64_t, std::string>> Trail::head() {
 }
 
 Result<Record> Trail::append(std::string_view type, const nlohmann::json& body) {
+  return append_canonical(type, canonical_body(body.is_null() ? nlohmann::json::object() : body));
+}
+
+Result<Record> Trail::append_canonical(std::string_view type, std::string canonical) {
   if (sqlite3_get_autocommit(ledger_.handle()))
     return fail(Domain::internal, "audit record '" + std::string(type) + "' appended outside a transaction");
   KL_TRY(auto h, head());
@@ -191,7 +198,7 @@ Result<Record> Trail::append(std::string_view type, const nlohmann::json& body) 
   r.station = actor_.station;
   r.operator_name = actor_.operator_name;
   r.type = std::string(type);
-  r.body = canonical_body(body.is_null() ? nlohmann::json::object() : body);
+  r.body = std::move(canonical);
   r.hash = chain_hash(h.second, canonical_record(r));
   if (!insert_ &&
       sqlite3_prepare_v2(ledger_.handle(),
@@ -209,9 +216,12 @@ Result<Record> Trail::append(std::string_view type, const nlohmann::json& body) 
   int rc = sqlite3_step(insert_);
   sqlite3_reset(insert_);
   sqlite3_clear_bindings(insert_);
-  if (rc != SQLITE_DONE)
+  if (rc != SQLITE_DONE) {
+    cached_head_.reset();
     return std::unexpected(db_error(ledger_, "writing audit record '" + r.type +
                                                  "' (the change it records was not made)"));
+  }
+  cached_head_ = CachedHead{ledger_.transaction_number(), r.seq, r.hash};
   return r;
 }
 

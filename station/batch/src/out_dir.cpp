@@ -32,6 +32,19 @@ std::string manifest_line(const std::string& id, const std::string& serial, cons
   return line;
 }
 
+std::string issued_record_body(const std::string& batch_id, const std::string& cert_sha256, const char* key_origin,
+                               std::int64_t not_after, const std::string& profile_json,
+                               const std::string& pubkey_sha256, const std::string& registration_id,
+                               const std::string& serial) {
+  std::string body;
+  body.reserve(320 + profile_json.size());
+  body += R"({"batch":")" + batch_id + R"(","cert_sha256":")" + cert_sha256 + R"(","key":")" + key_origin +
+          R"(","not_after":")" + format_utc(TimePoint(std::chrono::seconds(not_after))) + R"(","profile":)" +
+          profile_json + R"(,"pubkey_sha256":")" + pubkey_sha256 + R"(","registration_id":")" + registration_id +
+          R"(","serial":")" + serial + R"("})";
+  return body;
+}
+
 // Keeps whole lines only (drops a line torn by a crash) and counts them.
 Result<std::uint64_t> repair_jsonl(const fs::path& path) {
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);

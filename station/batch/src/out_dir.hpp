@@ -86,6 +86,16 @@ std::string manifest_line(const std::string& id, const std::string& serial, cons
                           const std::string& pubkey_sha256, std::int64_t not_after, const std::string& key_file,
                           const std::string& key_sha256);
 
+// The body of a batch's "certificate.issued" audit record, in canonical
+// form (members sorted, compact) without building a JSON object: the values
+// are hex, timestamps and registration IDs, which need no escaping, and
+// `profile_json` (the profile name as a JSON string literal, escaped once per
+// run). Equal to canonical_body() of the same object (tested).
+std::string issued_record_body(const std::string& batch_id, const std::string& cert_sha256, const char* key_origin,
+                               std::int64_t not_after, const std::string& profile_json,
+                               const std::string& pubkey_sha256, const std::string& registration_id,
+                               const std::string& serial);
+
 // Appends lines and fsyncs; the file only ever grows by whole lines.
 class JsonlFile {
  public:

@@ -152,6 +152,45 @@ constexpr const char* kMigrations[] = {
     CREATE INDEX provisioning_steps_by_device ON provisioning_steps (device_id, id);
     )sql",
     // ---- provisioning -- END ----
+    // 7: two fewer index writes per certificate (batch issuance writes
+    // thousands a second). The UNIQUE index on cert_sha256 goes: serials are
+    // unique, so certificates are, and nothing looks a certificate up by its
+    // fingerprint. The status index keeps only what lookups by status need
+    // (revoked and superseded certificates; active is most of the table).
+    // SQLite cannot drop a column constraint: the table is rebuilt, same
+    // columns in the same order.
+    R"sql(
+    CREATE TABLE certificates_v7 (
+      id INTEGER PRIMARY KEY,
+      serial TEXT NOT NULL UNIQUE,
+      registration_id TEXT NOT NULL,
+      profile TEXT NOT NULL,
+      subject TEXT NOT NULL,
+      cert_sha256 TEXT NOT NULL,
+      pubkey_sha256 TEXT NOT NULL,
+      not_before INTEGER NOT NULL,
+      not_after INTEGER NOT NULL,
+      status TEXT NOT NULL CHECK (status IN ('active', 'revoked', 'superseded')),
+      issued_at INTEGER NOT NULL,
+      revoked_at INTEGER,
+      revocation_reason TEXT,
+      superseded_by TEXT,
+      der BLOB NOT NULL,
+      batch_id TEXT REFERENCES batches (id),
+      operator TEXT,
+      device_serial TEXT
+    ) STRICT;
+    INSERT INTO certificates_v7 SELECT id, serial, registration_id, profile, subject, cert_sha256, pubkey_sha256,
+      not_before, not_after, status, issued_at, revoked_at, revocation_reason, superseded_by, der, batch_id,
+      operator, device_serial FROM certificates;
+    DROP TABLE certificates;
+    ALTER TABLE certificates_v7 RENAME TO certificates;
+    CREATE UNIQUE INDEX certificates_one_active
+      ON certificates (registration_id, profile) WHERE status = 'active';
+    CREATE INDEX certificates_by_registration_id ON certificates (registration_id);
+    CREATE INDEX certificates_by_batch ON certificates (batch_id, id) WHERE batch_id IS NOT NULL;
+    CREATE INDEX certificates_not_active ON certificates (status) WHERE status != 'active';
+    )sql",
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
@@ -278,7 +317,8 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create,
 }
 
 Ledger::Ledger(Ledger&& o) noexcept
-    : db_(o.db_), sync_(o.sync_), path_(std::move(o.path_)), cache_(std::move(o.cache_)) {
+    : db_(o.db_), sync_(o.sync_), path_(std::move(o.path_)), cache_(std::move(o.cache_)),
+      transactions_(o.transactions_) {
   o.db_ = nullptr;
   o.cache_.clear();
 }
@@ -291,6 +331,7 @@ Ledger& Ledger::operator=(Ledger&& o) noexcept {
     sync_ = o.sync_;
     path_ = std::move(o.path_);
     cache_ = std::move(o.cache_);
+    transactions_ = o.transactions_;
     o.db_ = nullptr;
     o.cache_.clear();
   }
@@ -340,6 +381,7 @@ Result<Ledger::Transaction> Ledger::begin(Durability durability) {
     KL_CHECK(exec(durability == Durability::durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
     sync_ = durability;
   }
+  ++transactions_;
   KL_CHECK(exec("BEGIN IMMEDIATE"));
   return Transaction(this);
 }
@@ -537,7 +579,9 @@ Status Ledger::for_each_certificate(const CertificateFilter& filter,
                                     const std::function<void(const CertificateRecord&)>& fn) {
   std::string sql = std::string("SELECT ") + kCertColumns + " FROM certificates WHERE 1=1";
   if (filter.registration_id) sql += " AND registration_id=?";
-  if (filter.status) sql += " AND status=?";
+  // The status index holds inactive certificates only; the repeated term
+  // lets SQLite see that it covers the query.
+  if (filter.status) sql += *filter.status == "active" ? " AND status=?" : " AND status=? AND status != 'active'";
   sql += " ORDER BY id";
   sqlite3_stmt* s = nullptr;
   if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)

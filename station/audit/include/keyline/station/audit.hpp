@@ -85,6 +85,10 @@ class Trail {
   // Appends one record after the current head. Secrets must never be put in
   // `body`: callers pass identifiers, fingerprints and reasons only.
   Result<Record> append(std::string_view type, const nlohmann::json& body);
+  // The same with a body already in canonical form (what canonical_body
+  // makes of it), for callers on a hot path that build it by hand; their
+  // tests check it against canonical_body.
+  Result<Record> append_canonical(std::string_view type, std::string canonical);
 
   // Signs (seq, hash) of record `seq` (default: the head) and stores the
   // checkpoint. Nothing to sign (empty trail) gives std::nullopt.
@@ -103,6 +107,14 @@ class Trail {
   const Clock& clock_;
   sqlite3_stmt* head_ = nullptr;
   sqlite3_stmt* insert_ = nullptr;
+  // The head this trail appended last, valid for the rest of that ledger
+  // transaction (a rollback ends it, and the next begin() has a new number).
+  struct CachedHead {
+    std::uint64_t transaction = 0;
+    std::int64_t seq = 0;
+    std::string hash;
+  };
+  std::optional<CachedHead> cached_head_;
 };
 
 // Reading the trail (no transaction needed; each call is one read).

@@ -77,7 +77,7 @@ struct CrlRecord {
 
 class Ledger {
  public:
-  static constexpr int kSchemaVersion = 6;
+  static constexpr int kSchemaVersion = 7;
 
   // Creates a new ledger file (refuses an existing one) at the current schema.
   static Result<Ledger> create(const std::filesystem::path& path);
@@ -155,6 +155,9 @@ class Ledger {
 
   // Low-level access for station parts that add their own tables.
   sqlite3* handle() const noexcept { return db_; }
+  // Changes with every begin(): state cached for one transaction (the audit
+  // trail's head) is valid while this stays the same.
+  std::uint64_t transaction_number() const noexcept { return transactions_; }
   Status exec(const char* sql);
 
  private:
@@ -170,6 +173,7 @@ class Ledger {
   Durability sync_ = Durability::durable;  // the connection's synchronous level (deferred only inside a transaction)
   std::filesystem::path path_;
   std::map<const char*, sqlite3_stmt*> cache_;
+  std::uint64_t transactions_ = 0;
 };
 
 }  // namespace keyline::station
