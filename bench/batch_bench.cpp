@@ -31,6 +31,8 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
+#include "crypto_limit.hpp"
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -62,8 +64,6 @@ Run run(const std::vector<std::string>& argv) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, secs, ru.ru_maxrss};
 }
 
-EVP_PKEY* ec_key() { return EVP_EC_gen("P-256"); }
-
 std::string csr_pem(EVP_PKEY* key, const std::string& cn) {
   X509_REQ* req = X509_REQ_new();
   X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
@@ -92,7 +92,7 @@ void make_csrs(const fs::path& dir, std::size_t n) {
   for (unsigned t = 0; t < threads; ++t)
     ts.emplace_back([&, t] {
       for (std::size_t i = t; i < n; i += threads) {
-        EVP_PKEY* k = ec_key();
+        EVP_PKEY* k = bench::ec_key();
         char name[32];
         std::snprintf(name, sizeof name, "dev-%07zu", i);
         std::ofstream(dir / (std::string(name) + ".csr")) << csr_pem(k, name);
@@ -102,55 +102,8 @@ void make_csrs(const fs::path& dir, std::size_t n) {
   for (auto& t : ts) t.join();
 }
 
-// Operations per second of `op`, run for about `seconds`.
-template <typename F>
-double rate(F&& op, double seconds = 1.5) {
-  auto start = Clock::now();
-  std::size_t n = 0;
-  while (std::chrono::duration<double>(Clock::now() - start).count() < seconds) {
-    for (int i = 0; i < 50; ++i) op();
-    n += 50;
-  }
-  return static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The crypto floor per certificate, with OpenSSL at its best: contexts set
-// up once, keys already loaded (as `openssl speed` measures), one SHA-256 of
-// a certificate-sized message for each signature.
-double csr_limit() {
-  EVP_PKEY* ca = ec_key();
-  EVP_PKEY* dev = ec_key();
-  unsigned char msg[400] = {1, 2, 3};
-  unsigned char digest[32];
-  unsigned char sig[80];
-  size_t siglen = sizeof sig;
-  EVP_PKEY_CTX* sctx = EVP_PKEY_CTX_new(ca, nullptr);
-  EVP_PKEY_sign_init(sctx);
-  EVP_PKEY_CTX* dctx = EVP_PKEY_CTX_new(dev, nullptr);
-  EVP_PKEY_sign_init(dctx);
-  SHA256(msg, sizeof msg, digest);
-  EVP_PKEY_sign(dctx, sig, &siglen, digest, sizeof digest);
-  EVP_PKEY_CTX* vctx = EVP_PKEY_CTX_new(dev, nullptr);
-  EVP_PKEY_verify_init(vctx);
-  double r = rate([&] {
-    unsigned char d[32];
-    SHA256(msg, sizeof msg, d);
-    if (EVP_PKEY_verify(vctx, sig, siglen, digest, sizeof digest) != 1) std::abort();
-    unsigned char out[80];
-    size_t outlen = sizeof out;
-    SHA256(msg, sizeof msg, d);
-    EVP_PKEY_sign(sctx, out, &outlen, d, sizeof d);
-  });
-  EVP_PKEY_CTX_free(vctx);
-  EVP_PKEY_CTX_free(dctx);
-  EVP_PKEY_CTX_free(sctx);
-  EVP_PKEY_free(ca);
-  EVP_PKEY_free(dev);
-  return r;
-}
-
 double generate_limit(X509* recipient) {
-  EVP_PKEY* ca = ec_key();
+  EVP_PKEY* ca = bench::ec_key();
   unsigned char msg[400] = {1, 2, 3};
   STACK_OF(X509)* recips = sk_X509_new_null();
   sk_X509_push(recips, recipient);
@@ -159,7 +112,7 @@ double generate_limit(X509* recipient) {
   EVP_PKEY_CTX_set_group_name(gen, "P-256");
   EVP_PKEY_CTX* sctx = EVP_PKEY_CTX_new(ca, nullptr);
   EVP_PKEY_sign_init(sctx);
-  double r = rate([&] {
+  double r = bench::rate([&] {
     EVP_PKEY* k = nullptr;
     EVP_PKEY_generate(gen, &k);
     unsigned char d[32], out[80];
@@ -235,7 +188,7 @@ int main(int argc, char** argv) {
   make_csrs(work / "csrs-big", big);
 
   // Recipient for --generate key encryption.
-  EVP_PKEY* rk = ec_key();
+  EVP_PKEY* rk = bench::ec_key();
   X509* rc = X509_new();
   X509_set_version(rc, 2);
   ASN1_INTEGER_set(X509_get_serialNumber(rc), 1);
@@ -256,7 +209,7 @@ int main(int argc, char** argv) {
   // used: this machine's speed drifts, and the higher limit gives the
   // stricter (smaller) ratio.
   std::printf("Measuring the crypto limit with OpenSSL (1 core) ...\n");
-  double limit_csr_before = csr_limit();
+  double limit_csr_before = bench::csr_crypto_limit();
   double limit_gen_before = generate_limit(rc);
   double limit_csr = limit_csr_before;
   double limit_gen = limit_gen_before;
@@ -272,16 +225,16 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   // Each run gets a fresh state and out dir, the file system is synced
   // first, and the better of two runs is kept: this machine is shared.
-  // Nothing is deleted while anything is measured: for minutes after many
-  // files are deleted, ext4 creates files in those block groups slowly (its
-  // recently_deleted inode scan). So the runs stay in work/runs after this
-  // program (bench/run-all removes them when every benchmark is done), and a
-  // previous run's are moved aside now and removed at the end.
+  // Nothing is deleted by the benchmarks: for minutes after many files are
+  // deleted, ext4 creates files in those block groups slowly (its
+  // recently_deleted inode scan), which would slow this and the benchmarks
+  // that follow. The runs stay in work/runs; a previous run's are moved
+  // aside to work/runs-old-N; bench/run-all removes them all at its end.
   fs::path runs = work / "runs";
-  fs::path old_runs = work / "runs-old";
   if (fs::exists(runs)) {
-    fs::remove_all(old_runs);
-    fs::rename(runs, old_runs);
+    int k = 1;
+    while (fs::exists(work / ("runs-old-" + std::to_string(k)))) ++k;
+    fs::rename(runs, work / ("runs-old-" + std::to_string(k)));
   }
   fs::create_directories(runs);
   int run_no = 0;
@@ -321,7 +274,7 @@ int main(int argc, char** argv) {
         n, limit_gen, ".key.p7m");
   batch("csr-dir --jobs 2 (big)", {"--csr-dir", (work / "csrs-big").string(), "--jobs", "2"}, big, limit_csr, "", 1);
 
-  double limit_csr_after = csr_limit();
+  double limit_csr_after = bench::csr_crypto_limit();
   double limit_gen_after = generate_limit(rc);
   limit_csr = std::max(limit_csr_before, limit_csr_after);
   limit_gen = std::max(limit_gen_before, limit_gen_after);
@@ -348,8 +301,7 @@ int main(int argc, char** argv) {
               rss_big / rss_small <= 1.2 ? "met" : "NOT MET");
   X509_free(rc);
   EVP_PKEY_free(rk);
-  fs::remove_all(old_runs);
-  std::printf("\n(the runs' state and out dirs are in %s until the next run or the end of bench/run-all)\n",
+  std::printf("\n(the runs' state and out dirs are in %s; bench/run-all removes them at its end)\n",
               runs.c_str());
   return all_ok ? 0 : 1;
 }
