@@ -86,9 +86,12 @@ double batch_once(const fs::path& state, const fs::path& csrs, std::size_t n, co
   fs::copy(state, run_state, fs::copy_options::recursive);
   ::sync();
   auto start = Clock::now();
-  run_keyline(run_state,
-              {"ca", "batch", "--csr-dir", csrs.string(), "--out", (work / ("out" + run)).string(), "--jobs", jobs});
-  return static_cast<double>(n) / seconds_since(start);
+  auto r = run_keyline(run_state, {"ca", "batch", "--csr-dir", csrs.string(), "--out",
+                                   (work / ("out" + run)).string(), "--jobs", jobs});
+  double rate = static_cast<double>(n) / seconds_since(start);
+  std::fprintf(stderr, "  %s --jobs %s: %.0f/s; keyline: %s", state.filename().c_str(), jobs.c_str(), rate,
+               r.out.c_str());
+  return rate;
 }
 
 // An issuance run and the limit it is held to, measured just before it.
@@ -103,6 +106,7 @@ Attempt best_of_three(Measure&& measure) {
   Attempt best;
   for (int i = 0; i < 3; ++i) {
     Attempt a = measure();
+    std::fprintf(stderr, "  attempt %d: %.0f/s against %.0f/s = %.2f\n", i + 1, a.rate, a.limit, a.ratio());
     if (a.ratio() > best.ratio()) best = a;
   }
   return best;

@@ -4,11 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include "keyline/core/clock.hpp"
-#include "keyline/core/files.hpp"
 #include "keyline/station/audit.hpp"
-#include "keyline/testkit/testkit.hpp"
 #include "out_dir.hpp"
-#include "publisher.hpp"
 
 namespace keyline::station::batch::detail {
 namespace {
@@ -43,61 +40,6 @@ TEST(BatchRecords, ManifestLineIsJsonWithTheFields) {
   EXPECT_EQ(j["cert_file"], "dev-1.pem");
   EXPECT_EQ(j["key_file"], "dev-1.key.p7m");
   EXPECT_EQ(j["key_file_sha256"], "EF");
-}
-
-// The publisher: a group is durable only after the log sync, and lines
-// reach the files in the order they were handed over.
-TEST(BatchPublisher, SyncsTheLogThenPublishesInOrder) {
-  testkit::TempDir dir;
-  ASSERT_TRUE(files::write_atomic(dir / "ledger.db-wal", "frames", 0600));
-  OutDir out;
-  ASSERT_TRUE(out.open(dir / "out"));
-  JsonlFile manifest, rejected;
-  ASSERT_TRUE(manifest.open(dir / "out" / "manifest.jsonl", false));
-  ASSERT_TRUE(rejected.open(dir / "out" / "rejected.jsonl", true));
-  Publisher p(out, manifest, rejected, dir / "ledger.db-wal");
-  EXPECT_TRUE(p.deferred());
-  EXPECT_EQ(p.durable(), 0u);
-  p.committed(1);
-  p.committed(2);
-  ASSERT_TRUE(p.wait_durable(2));
-  EXPECT_EQ(p.durable(), 2u);
-  ASSERT_TRUE(p.wait_for_room(1));
-  p.publish("{\"a\":1}\n", "");
-  p.publish("{\"b\":2}\n{\"c\":3}\n", "{\"r\":1}\n");
-  ASSERT_TRUE(p.finish());
-  EXPECT_EQ(*files::read(dir / "out" / "manifest.jsonl", 1 << 10), "{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
-  EXPECT_EQ(*files::read(dir / "out" / "rejected.jsonl", 1 << 10), "{\"r\":1}\n");
-}
-
-TEST(BatchPublisher, WithoutTheLogEachCommitIsItsOwnSync) {
-  testkit::TempDir dir;
-  OutDir out;
-  ASSERT_TRUE(out.open(dir / "out"));
-  JsonlFile manifest, rejected;
-  ASSERT_TRUE(manifest.open(dir / "out" / "manifest.jsonl", false));
-  ASSERT_TRUE(rejected.open(dir / "out" / "rejected.jsonl", true));
-  Publisher p(out, manifest, rejected, dir / "no-such-ledger.db-wal");
-  EXPECT_FALSE(p.deferred());  // the writer then commits with an fsync
-  p.committed(3);
-  EXPECT_EQ(p.durable(), 3u);
-  ASSERT_TRUE(p.finish());
-}
-
-TEST(BatchPublisher, AFailedAppendStopsItWithTheError) {
-  testkit::TempDir dir;
-  OutDir out;
-  ASSERT_TRUE(out.open(dir / "out"));
-  JsonlFile manifest, rejected;
-  ASSERT_TRUE(manifest.open("/dev/full", false));  // every write: ENOSPC
-  ASSERT_TRUE(rejected.open(dir / "out" / "rejected.jsonl", true));
-  Publisher p(out, manifest, rejected, dir / "no-such-ledger.db-wal");
-  p.publish("{\"a\":1}\n", "");
-  auto st = p.finish();
-  ASSERT_FALSE(st);
-  EXPECT_NE(st.error().message().find("/dev/full"), std::string::npos) << st.error().message();
-  EXPECT_FALSE(p.wait_for_room(1));
-  EXPECT_TRUE(p.error());
 }
 
 }  // namespace

@@ -113,11 +113,6 @@ class JsonlFile {
     buffer_ += line;
     buffer_ += '\n';
   }
-  // Whole lines, each ending with a newline.
-  void add_lines(std::string lines) {
-    if (buffer_.empty()) buffer_ = std::move(lines);
-    else buffer_ += lines;
-  }
   Status flush() {
     if (buffer_.empty()) return {};
     std::size_t off = 0;
