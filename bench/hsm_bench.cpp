@@ -13,7 +13,8 @@
 // three such attempts is reported.
 //
 // Usage: hsm_bench BIN_DIR CSR_DIR [N]
-//   CSR_DIR: a folder of P-256 CSRs (batch_bench makes one).
+//   CSR_DIR: a folder of P-256 CSRs (batch_bench makes one); the runs are
+//   kept in CSR_DIR/../hsm-runs (bench/run-all removes them at its end).
 
 #include <dlfcn.h>
 #include <sys/wait.h>
@@ -231,8 +232,17 @@ int main(int argc, char** argv) {
   fs::path csr_dir = argv[2];
   std::size_t n = argc > 3 ? std::stoul(argv[3]) : 5000;
   setenv("TSS2_LOG", "all+NONE", 1);
-  tk::TempDir work;
-  fs::path csrs = csr_subset(csr_dir, work.path(), n);
+  // Nothing is deleted here (ext4 creates files slowly for a while after
+  // mass deletions): the runs stay in CSR_DIR/../hsm-runs; a previous run's
+  // are moved aside; bench/run-all removes them all at its end.
+  fs::path work = fs::absolute(csr_dir).parent_path() / "hsm-runs";
+  if (fs::exists(work)) {
+    int k = 1;
+    while (fs::exists(work.string() + "-old-" + std::to_string(k))) ++k;
+    fs::rename(work, work.string() + "-old-" + std::to_string(k));
+  }
+  fs::create_directories(work);
+  fs::path csrs = csr_subset(csr_dir, work, n);
 
   // PKCS#11 through SoftHSM2: the limit is min(crypto limit, token limit).
   tk::SoftHsm hsm;
@@ -246,7 +256,7 @@ int main(int argc, char** argv) {
     return [&, jobs] {
       token = raw_pkcs11_rate(hsm, false, 1.0);
       crypto = bench::csr_crypto_limit(1.0);
-      return Attempt{batch_once(p11_state, csrs, n, work.path(), jobs), std::min(crypto, token)};
+      return Attempt{batch_once(p11_state, csrs, n, work, jobs), std::min(crypto, token)};
     };
   };
   Attempt p11_batch1 = best_of_three(p11_attempt("1"));
@@ -261,10 +271,10 @@ int main(int argc, char** argv) {
   double tpm_raw = raw_tpm_rate(tpm);
   double tpm_keyline = hsm_test_rate(tpm_state, 2000);
   std::size_t tpm_n = std::min<std::size_t>(n, 10000);
-  fs::path tpm_csrs = csr_subset(csr_dir, work.path(), tpm_n);
+  fs::path tpm_csrs = csr_subset(csr_dir, work, tpm_n);
   Attempt tpm_batch = best_of_three([&] {
     double raw = raw_tpm_rate(tpm, 1.0);
-    return Attempt{batch_once(tpm_state, tpm_csrs, tpm_n, work.path(), "3"), raw};
+    return Attempt{batch_once(tpm_state, tpm_csrs, tpm_n, work, "3"), raw};
   });
 
   std::printf("\n%-44s %12s %12s %8s\n", "key store", "per second", "limit/s", "ratio");
