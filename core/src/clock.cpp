@@ -64,22 +64,21 @@ std::string format_utc(TimePoint t) {
   // Batch issuance formats the same few seconds thousands of times (record
   // times, not_after): the last two are kept per thread.
   struct Cache {
-    std::time_t t[2] = {-1, -1};
+    std::time_t t[2] = {};
+    bool valid[2] = {};
     char text[2][32] = {};
     int next = 0;
   };
   thread_local Cache cache;
   std::time_t tt = static_cast<std::time_t>(t.time_since_epoch().count());
   for (int i = 0; i < 2; ++i)
-    if (cache.t[i] == tt) return cache.text[i];
+    if (cache.valid[i] && cache.t[i] == tt) return cache.text[i];
   std::tm tm{};
   gmtime_r(&tt, &tm);
   int slot = cache.next;
   cache.next ^= 1;
-  if (std::strftime(cache.text[slot], sizeof cache.text[slot], "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
-    cache.t[slot] = -1;
-    return {};
-  }
+  cache.valid[slot] = std::strftime(cache.text[slot], sizeof cache.text[slot], "%Y-%m-%dT%H:%M:%SZ", &tm) != 0;
+  if (!cache.valid[slot]) return {};
   cache.t[slot] = tt;
   return cache.text[slot];
 }

@@ -270,6 +270,20 @@ TEST(Batch, UsageErrorsAreClearAndWriteNothing) {
                                 kQuiet);
   EXPECT_EQ(mixed.exit_code, 2);
   EXPECT_NE(mixed.err.find("another --out"), std::string::npos);
+
+  // A batch.json whose batch ID is not one Keyline makes is refused (the ID
+  // goes into audit records and is never trusted as text).
+  auto rows_before = sql_count(state / "ledger.db", "1=1");
+  for (std::string bad : {R"({"batch_id":"b-1\",\"serial\":\"FAKE","profile":"device","mode":"generate"})",
+                          R"({"batch_id":7})", R"([1,2])"}) {
+    testkit::write_file(out / "batch.json", bad);
+    auto damaged = testkit::keyline(state, {"ca", "batch", "--generate", "--count", "2", "--id-template", "a-{seq}",
+                                            "--plain-keys", "--out", out.string()},
+                                    kQuiet);
+    EXPECT_NE(damaged.exit_code, 0) << bad;
+    EXPECT_NE(damaged.err.find("batch.json is damaged"), std::string::npos) << damaged.err;
+  }
+  EXPECT_EQ(sql_count(state / "ledger.db", "1=1"), rows_before);
 }
 
 // SIGKILL at random points, then re-runs, until the batch completes: every

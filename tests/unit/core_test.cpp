@@ -97,6 +97,8 @@ TEST(Clock, FormatUtcIsRightWhateverTheOrderOfTimes) {
     EXPECT_EQ(format_utc(b), "2027-12-28T13:22:03Z");
   }
   for (TimePoint t : {a, b, c}) EXPECT_EQ(parse_utc(format_utc(t)), t);
+  // On a fresh thread (empty cache): an empty slot is not a time, and -1 s is one.
+  std::thread([] { EXPECT_EQ(format_utc(TimePoint(std::chrono::seconds(-1))), "1969-12-31T23:59:59Z"); }).join();
 }
 
 TEST(Errors, MapToDocumentedExitCodes) {

@@ -179,6 +179,13 @@ TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
                                           [&](const CertificateRecord& r) { active.push_back(r.serial); }));
       EXPECT_EQ(revoked, std::vector<std::string>{"01"});
       EXPECT_TRUE(active.empty());
+      auto counts = l->counts_by_status();
+      ASSERT_TRUE(counts);
+      EXPECT_EQ(*counts, (std::map<std::string, std::int64_t>{{"active", 0}, {"revoked", 1}, {"superseded", 0}}));
+      ASSERT_TRUE(l->exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
+                          "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
+                          "('03','new','device','CN=new','c4','p1',1,2,'active',1,x'3000')"));
+      EXPECT_EQ(l->counts_by_status()->at("active"), 1);
     }
   }
 }

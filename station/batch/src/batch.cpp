@@ -320,6 +320,15 @@ std::string random_batch_id() {
   return "b-" + to_hex(b);
 }
 
+// What random_batch_id() makes: "b-" and 16 upper-case hex digits. A batch
+// ID read back from batch.json goes into audit records and file names.
+bool is_batch_id(const nlohmann::json& v) {
+  if (!v.is_string()) return false;
+  const auto& id = v.get_ref<const std::string&>();
+  return id.size() == 18 && id.starts_with("b-") &&
+         id.find_first_not_of("0123456789ABCDEF", 2) == std::string::npos;
+}
+
 }  // namespace
 
 Result<std::string> expand_template(const std::string& tmpl, std::uint64_t seq) {
@@ -380,8 +389,10 @@ Result<Summary> run(const Options& o, const ca::Authority& authority, const ca::
   if (fs::exists(batch_file)) {
     KL_TRY(std::string text, files::read(batch_file, 1 << 16));
     json j = json::parse(text, nullptr, false);
-    if (j.is_discarded() || !j.contains("batch_id"))
-      return fail(Domain::state, batch_file.string() + " is damaged; this out dir cannot be resumed");
+    if (j.is_discarded() || !j.is_object() || !j.contains("batch_id") || !is_batch_id(j["batch_id"]))
+      return fail(Domain::state, batch_file.string() +
+                                     " is damaged (it needs a batch_id like b-0123456789ABCDEF); this out dir "
+                                     "cannot be resumed: restore the file or use another --out");
     summary.batch_id = j["batch_id"].get<std::string>();
     if (j.value("profile", "") != profile.name || j.value("mode", "") != mode_name ||
         j.value("key_file_suffix", "") != (o.mode == Mode::generate ? keys.file_suffix() : ""))

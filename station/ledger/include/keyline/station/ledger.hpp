@@ -155,8 +155,8 @@ class Ledger {
 
   // Low-level access for station parts that add their own tables.
   sqlite3* handle() const noexcept { return db_; }
-  // Changes with every begin(): state cached for one transaction (the audit
-  // trail's head) is valid while this stays the same.
+  // Changes at every begin(), commit and rollback: state cached for one
+  // transaction (the audit trail's head) is valid while this stays the same.
   std::uint64_t transaction_number() const noexcept { return transactions_; }
   Status exec(const char* sql);
 
