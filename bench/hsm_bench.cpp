@@ -251,11 +251,10 @@ int main(int argc, char** argv) {
   double p11_raw = raw_pkcs11_rate(hsm, false);
   double p11_raw_copy = raw_pkcs11_rate(hsm, true);
   double p11_keyline = hsm_test_rate(p11_state, 20000);
-  double crypto = 0, token = 0;  // of the attempt being measured
   auto p11_attempt = [&](const char* jobs) {
     return [&, jobs] {
-      token = raw_pkcs11_rate(hsm, false, 1.0);
-      crypto = bench::csr_crypto_limit(1.0);
+      double token = raw_pkcs11_rate(hsm, false, 1.0);
+      double crypto = bench::csr_crypto_limit(1.0);
       return Attempt{batch_once(p11_state, csrs, n, work, jobs), std::min(crypto, token)};
     };
   };

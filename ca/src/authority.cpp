@@ -171,11 +171,17 @@ Status check_request(const IssueRequest& request, const Profile& profile) {
   return {};
 }
 
-Result<X509NamePtr> leaf_subject(const IssueRequest& request, const Profile& profile) {
+// The profile's part of a leaf subject: C, O, OU (each when set).
+Result<X509NamePtr> profile_subject(const Profile& profile) {
   X509NamePtr subject(X509_NAME_new());
   if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(subject.get(), "C", profile.subject_c));
   if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(subject.get(), "O", profile.subject_o));
   if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(subject.get(), "OU", profile.subject_ou));
+  return subject;
+}
+
+Result<X509NamePtr> leaf_subject(const IssueRequest& request, const Profile& profile) {
+  KL_TRY(X509NamePtr subject, profile_subject(profile));
   KL_CHECK(add_name_entry(subject.get(), "CN", request.registration_id.str()));
   if (profile.serial_number_attribute)
     KL_CHECK(add_name_entry(subject.get(), "serialNumber", *request.device_serial));
@@ -213,10 +219,7 @@ Result<LeafSubject> encode_leaf_subject(const IssueRequest& request, const Profi
   thread_local Prefix prefix;
   if (!prefix.valid || prefix.c != profile.subject_c || prefix.o != profile.subject_o ||
       prefix.ou != profile.subject_ou) {
-    X509NamePtr name(X509_NAME_new());
-    if (!profile.subject_c.empty()) KL_CHECK(add_name_entry(name.get(), "C", profile.subject_c));
-    if (!profile.subject_o.empty()) KL_CHECK(add_name_entry(name.get(), "O", profile.subject_o));
-    if (!profile.subject_ou.empty()) KL_CHECK(add_name_entry(name.get(), "OU", profile.subject_ou));
+    KL_TRY(X509NamePtr name, profile_subject(profile));
     unsigned char* p = nullptr;
     int n = i2d_X509_NAME(name.get(), &p);
     if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding the subject"));
