@@ -7,6 +7,7 @@
 #include <openssl/pem.h>
 
 #include "format.hpp"
+#include "keyline/station/sqlite_util.hpp"
 #include "keyline/core/hex.hpp"
 #include "keyline/core/openssl.hpp"
 #include "keyline/station/audit.hpp"
@@ -27,44 +28,28 @@ void append_json_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
-void assign_text(std::string& out, sqlite3_stmt* s, int i) {
-  auto* p = sqlite3_column_text(s, i);
-  if (p) out.assign(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)));
-  else out.clear();
-}
-
-std::string column_text(sqlite3_stmt* s, int i) {
-  auto* p = sqlite3_column_text(s, i);
-  return p ? std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)))
-           : std::string();
-}
-
 Record read_record(sqlite3_stmt* s) {
   Record r;
   r.seq = sqlite3_column_int64(s, 0);
-  r.time = column_text(s, 1);
-  r.station = column_text(s, 2);
-  r.operator_name = column_text(s, 3);
-  r.type = column_text(s, 4);
-  r.body = column_text(s, 5);
-  r.hash = column_text(s, 6);
+  r.time = sql::text(s, 1);
+  r.station = sql::text(s, 2);
+  r.operator_name = sql::text(s, 3);
+  r.type = sql::text(s, 4);
+  r.body = sql::text(s, 5);
+  r.hash = sql::text(s, 6);
   return r;
 }
-
-struct Stmt {
-  sqlite3_stmt* s = nullptr;
-  ~Stmt() { sqlite3_finalize(s); }
-};
 
 Error db_error(Ledger& ledger, const std::string& what) {
   return Error(Domain::state, what + " in ledger " + ledger.path().string() + ": " + sqlite3_errmsg(ledger.handle()),
                sqlite3_extended_errcode(ledger.handle()));
 }
 
-Status prepare(Ledger& ledger, const char* sql, Stmt& st) {
-  if (sqlite3_prepare_v2(ledger.handle(), sql, -1, &st.s, nullptr) != SQLITE_OK)
+Result<sql::Stmt> prepare(Ledger& ledger, const char* statement) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(ledger.handle(), statement, -1, &s, nullptr) != SQLITE_OK)
     return std::unexpected(db_error(ledger, "reading the audit trail (is the ledger at schema 4 or later?)"));
-  return {};
+  return sql::Stmt(s);
 }
 
 constexpr const char* kRecordColumns = "seq, time, station, operator, type, body, hash";
@@ -175,7 +160,7 @@ Result<std::pair<std::int64_t, std::string>> Trail::head() {
   std::pair<std::int64_t, std::string> h{0, std::string(kGenesisHash)};
   if (rc == SQLITE_ROW) {
     h.first = sqlite3_column_int64(head_, 0);
-    h.second = column_text(head_, 1);
+    h.second = sql::text(head_, 1);
   } else if (rc != SQLITE_DONE) {
     sqlite3_reset(head_);
     return std::unexpected(db_error(ledger_, "reading the audit trail's head"));
@@ -245,23 +230,22 @@ Result<std::optional<Checkpoint>> Trail::checkpoint(const hsm::Signer& key, cons
   unsigned int n = 0;
   EVP_Digest(message.data(), message.size(), md, &n, hsm::evp_md(d), nullptr);
   KL_TRY(cp.signature, key.sign(ByteView(md, n)));
-  Stmt st;
-  KL_CHECK(prepare(ledger_, "INSERT INTO audit_checkpoints (seq, hash, time, key, signature) VALUES (?,?,?,?,?)", st));
-  sqlite3_bind_int64(st.s, 1, cp.seq);
-  sqlite3_bind_text(st.s, 2, cp.hash.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(st.s, 3, cp.time.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(st.s, 4, cp.key.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_blob(st.s, 5, cp.signature.data(), static_cast<int>(cp.signature.size()), SQLITE_STATIC);
-  if (sqlite3_step(st.s) != SQLITE_DONE) return std::unexpected(db_error(ledger_, "storing an audit checkpoint"));
+  KL_TRY(sql::Stmt st,
+         prepare(ledger_, "INSERT INTO audit_checkpoints (seq, hash, time, key, signature) VALUES (?,?,?,?,?)"));
+  sqlite3_bind_int64(st.get(), 1, cp.seq);
+  sqlite3_bind_text(st.get(), 2, cp.hash.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st.get(), 3, cp.time.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st.get(), 4, cp.key.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_blob(st.get(), 5, cp.signature.data(), static_cast<int>(cp.signature.size()), SQLITE_STATIC);
+  if (sqlite3_step(st.get()) != SQLITE_DONE) return std::unexpected(db_error(ledger_, "storing an audit checkpoint"));
   return std::optional<Checkpoint>(std::move(cp));
 }
 
 Result<bool> Trail::checkpoint_due(std::int64_t interval) {
   if (interval <= 0) return false;
   KL_TRY(auto h, head());
-  Stmt st;
-  KL_CHECK(prepare(ledger_, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", st));
-  std::int64_t last = sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int64(st.s, 0) : 0;
+  KL_TRY(sql::Stmt st, prepare(ledger_, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints"));
+  std::int64_t last = sqlite3_step(st.get()) == SQLITE_ROW ? sqlite3_column_int64(st.get(), 0) : 0;
   return h.first - last >= interval;
 }
 
@@ -274,40 +258,38 @@ Status Trail::checkpoint_if_due(const hsm::Signer& key, const std::string& key_i
 }
 
 Result<std::optional<Record>> record_at(Ledger& ledger, std::int64_t seq) {
-  Stmt st;
-  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq=?";
-  KL_CHECK(prepare(ledger, sql.c_str(), st));
-  sqlite3_bind_int64(st.s, 1, seq);
-  int rc = sqlite3_step(st.s);
-  if (rc == SQLITE_ROW) return std::optional<Record>(read_record(st.s));
+  std::string query = std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq=?";
+  KL_TRY(sql::Stmt st, prepare(ledger, query.c_str()));
+  sqlite3_bind_int64(st.get(), 1, seq);
+  int rc = sqlite3_step(st.get());
+  if (rc == SQLITE_ROW) return std::optional<Record>(read_record(st.get()));
   if (rc == SQLITE_DONE) return std::optional<Record>{};
   return std::unexpected(db_error(ledger, "reading audit record " + std::to_string(seq)));
 }
 
 Result<std::int64_t> head_seq(Ledger& ledger) {
-  Stmt st;
-  KL_CHECK(prepare(ledger, "SELECT COALESCE(MAX(seq), 0) FROM audit_events", st));
-  if (sqlite3_step(st.s) != SQLITE_ROW) return std::unexpected(db_error(ledger, "reading the audit trail's head"));
-  return sqlite3_column_int64(st.s, 0);
+  KL_TRY(sql::Stmt st, prepare(ledger, "SELECT COALESCE(MAX(seq), 0) FROM audit_events"));
+  if (sqlite3_step(st.get()) != SQLITE_ROW) return std::unexpected(db_error(ledger, "reading the audit trail's head"));
+  return sqlite3_column_int64(st.get(), 0);
 }
 
 Status for_each_record(Ledger& ledger, std::int64_t first, std::int64_t last,
                        const std::function<Status(const Record&)>& fn) {
-  Stmt st;
-  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq BETWEEN ? AND ? ORDER BY seq";
-  KL_CHECK(prepare(ledger, sql.c_str(), st));
-  sqlite3_bind_int64(st.s, 1, first);
-  sqlite3_bind_int64(st.s, 2, last);
+  std::string query =
+      std::string("SELECT ") + kRecordColumns + " FROM audit_events WHERE seq BETWEEN ? AND ? ORDER BY seq";
+  KL_TRY(sql::Stmt st, prepare(ledger, query.c_str()));
+  sqlite3_bind_int64(st.get(), 1, first);
+  sqlite3_bind_int64(st.get(), 2, last);
   int rc;
   Record r;  // reused: its strings keep their capacity from row to row
-  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
-    r.seq = sqlite3_column_int64(st.s, 0);
-    assign_text(r.time, st.s, 1);
-    assign_text(r.station, st.s, 2);
-    assign_text(r.operator_name, st.s, 3);
-    assign_text(r.type, st.s, 4);
-    assign_text(r.body, st.s, 5);
-    assign_text(r.hash, st.s, 6);
+  while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
+    r.seq = sqlite3_column_int64(st.get(), 0);
+    sql::assign_text(r.time, st.get(), 1);
+    sql::assign_text(r.station, st.get(), 2);
+    sql::assign_text(r.operator_name, st.get(), 3);
+    sql::assign_text(r.type, st.get(), 4);
+    sql::assign_text(r.body, st.get(), 5);
+    sql::assign_text(r.hash, st.get(), 6);
     KL_CHECK(fn(r));
   }
   if (rc != SQLITE_DONE) return std::unexpected(db_error(ledger, "reading the audit trail"));
@@ -315,23 +297,22 @@ Status for_each_record(Ledger& ledger, std::int64_t first, std::int64_t last,
 }
 
 Result<std::vector<Checkpoint>> checkpoints(Ledger& ledger, std::int64_t first, std::int64_t last) {
-  Stmt st;
-  KL_CHECK(prepare(ledger,
-                   "SELECT seq, hash, time, key, signature FROM audit_checkpoints WHERE seq BETWEEN ? AND ? "
-                   "ORDER BY seq, id",
-                   st));
-  sqlite3_bind_int64(st.s, 1, first);
-  sqlite3_bind_int64(st.s, 2, last);
+  KL_TRY(sql::Stmt st,
+         prepare(ledger,
+                 "SELECT seq, hash, time, key, signature FROM audit_checkpoints WHERE seq BETWEEN ? AND ? "
+                 "ORDER BY seq, id"));
+  sqlite3_bind_int64(st.get(), 1, first);
+  sqlite3_bind_int64(st.get(), 2, last);
   std::vector<Checkpoint> out;
   int rc;
-  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+  while ((rc = sqlite3_step(st.get())) == SQLITE_ROW) {
     Checkpoint c;
-    c.seq = sqlite3_column_int64(st.s, 0);
-    c.hash = column_text(st.s, 1);
-    c.time = column_text(st.s, 2);
-    c.key = column_text(st.s, 3);
-    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(st.s, 4));
-    c.signature.assign(p, p + sqlite3_column_bytes(st.s, 4));
+    c.seq = sqlite3_column_int64(st.get(), 0);
+    c.hash = sql::text(st.get(), 1);
+    c.time = sql::text(st.get(), 2);
+    c.key = sql::text(st.get(), 3);
+    auto* p = static_cast<const unsigned char*>(sqlite3_column_blob(st.get(), 4));
+    c.signature.assign(p, p + sqlite3_column_bytes(st.get(), 4));
     out.push_back(std::move(c));
   }
   if (rc != SQLITE_DONE) return std::unexpected(db_error(ledger, "reading audit checkpoints"));
@@ -355,13 +336,11 @@ Result<std::int64_t> resolve_bound(Ledger& ledger, const std::string& text, bool
     return fail(Domain::usage, std::string(what) + " '" + text +
                                    "' is neither a sequence number nor a UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)");
   if (date_only) t += is_until ? "T23:59:59Z" : "T00:00:00Z";
-  Stmt st;
-  KL_CHECK(prepare(ledger, is_until ? "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time <= ?"
-                                    : "SELECT COALESCE(MIN(seq), 0) FROM audit_events WHERE time >= ?",
-                   st));
-  sqlite3_bind_text(st.s, 1, t.c_str(), -1, SQLITE_TRANSIENT);
-  if (sqlite3_step(st.s) != SQLITE_ROW) return std::unexpected(db_error(ledger, "resolving " + std::string(what)));
-  std::int64_t seq = sqlite3_column_int64(st.s, 0);
+  KL_TRY(sql::Stmt st, prepare(ledger, is_until ? "SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE time <= ?"
+                                                 : "SELECT COALESCE(MIN(seq), 0) FROM audit_events WHERE time >= ?"));
+  sqlite3_bind_text(st.get(), 1, t.c_str(), -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(st.get()) != SQLITE_ROW) return std::unexpected(db_error(ledger, "resolving " + std::string(what)));
+  std::int64_t seq = sqlite3_column_int64(st.get(), 0);
   if (seq == 0 && !is_until) {
     KL_TRY(std::int64_t head, head_seq(ledger));
     return head + 1;  // nothing at or after that time: an empty range

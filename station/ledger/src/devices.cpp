@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "sqlite_util.hpp"
+#include "keyline/station/sqlite_util.hpp"
 
 namespace keyline::station {
 

@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "keyline/core/files.hpp"
-#include "sqlite_util.hpp"
+#include "keyline/station/sqlite_util.hpp"
 
 namespace keyline::station {
 

@@ -1,6 +1,6 @@
 #pragma once
-// SQLite helpers shared by the ledger's table classes (internal to the
-// ledger library).
+// SQLite helpers for code that works on the ledger's connection: the
+// ledger's table classes and the audit trail.
 #include <sqlite3.h>
 
 #include <cstdint>
@@ -34,8 +34,18 @@ inline void bind(sqlite3_stmt* s, int i, std::int64_t v) { sqlite3_bind_int64(s,
 
 inline std::string text(sqlite3_stmt* s, int i) {
   auto* p = sqlite3_column_text(s, i);
-  return p ? std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)))
+  return p ? std::string(reinterpret_cast<const char*>(p),
+                         static_cast<std::size_t>(sqlite3_column_bytes(s, i)))
            : std::string();
+}
+
+// Column `i` into `out`, keeping out's capacity (for loops over many rows).
+inline void assign_text(std::string& out, sqlite3_stmt* s, int i) {
+  auto* p = sqlite3_column_text(s, i);
+  if (p)
+    out.assign(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(s, i)));
+  else
+    out.clear();
 }
 
 }  // namespace keyline::station::sql
