@@ -147,10 +147,17 @@ Result<Authority> Authority::create(X509Ptr issuer, std::vector<X509Ptr> chain,
   return a;
 }
 
-Bytes Authority::random_serial() const {
+Bytes Authority::new_serial() const {
+  // The first 64 bits: 01, the clock's seconds (34 bits, enough until the
+  // year 2514), this authority's sequence number (20 bits, wraps), then 8
+  // random bits; the last 64 bits are random too.
   Bytes serial(16);
   rng_->fill(serial);
-  serial[0] = static_cast<unsigned char>((serial[0] & 0x7f) | 0x40);
+  auto seconds = static_cast<std::uint64_t>(clock_->now().time_since_epoch().count());
+  std::uint64_t head = std::uint64_t{1} << 62 | (seconds & ((std::uint64_t{1} << 34) - 1)) << 28 |
+                       std::uint64_t{serial_sequence_->fetch_add(1, std::memory_order_relaxed) & 0xFFFFFu} << 8 |
+                       serial[7];
+  for (std::size_t i = 8; i-- > 0; head >>= 8) serial[i] = static_cast<unsigned char>(head & 0xFF);
   return serial;
 }
 
@@ -331,7 +338,7 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   auto alg_oid = der::expect(alg_body, 0x06);
   bool ec = alg_oid && der::equals(alg_oid->value, kOidEcPublicKey);
 
-  Bytes serial = random_serial();
+  Bytes serial = new_serial();
   TimePoint now = clock_->now();
   TimePoint not_before = now - profile.backdate;
   TimePoint not_after = profile.validity_days ? leaf_not_after(profile, now) : kForever;
@@ -416,7 +423,7 @@ Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request
 
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
-  Bytes serial = random_serial();
+  Bytes serial = new_serial();
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
 
@@ -527,7 +534,7 @@ Result<X509Ptr> Authority::verification_certificate(std::string_view code) const
       return fail(Domain::input, "verification code has a space or non-printable character");
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
-  Bytes serial = random_serial();
+  Bytes serial = new_serial();
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
   X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer_.get()));

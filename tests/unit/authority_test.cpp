@@ -2,6 +2,9 @@
 
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <set>
+
 #include "keyline/ca/authority.hpp"
 #include "keyline/ca/ceremony.hpp"
 #include "keyline/hsm/key_store.hpp"
@@ -28,6 +31,7 @@ class AuthorityTest : public ::testing::Test {
                                    *parse_dn("CN=Test Intermediate").value(), 365, clock_, rng_);
     ASSERT_TRUE(inter) << inter.error().message();
     root_pem_ = to_pem(root->get());
+    inter_key_ = *inter_key;
     std::vector<X509Ptr> chain;
     chain.push_back(std::move(*root));
     auto authority = Authority::create(std::move(*inter), std::move(chain), *inter_key, clock_, rng_);
@@ -49,6 +53,7 @@ class AuthorityTest : public ::testing::Test {
   test::CountingRng rng_;
   std::unique_ptr<hsm::KeyStore> store_;
   std::optional<Authority> authority_;
+  std::shared_ptr<const hsm::Signer> inter_key_;
   std::string root_pem_;
 };
 
@@ -80,15 +85,49 @@ TEST_F(AuthorityTest, LeafHasTheDeviceProfileAndVerifiesUnderStrictRules) {
   EXPECT_TRUE(X509_get0_subject_key_id(x.get()));
 }
 
-TEST_F(AuthorityTest, SerialsAreRandomAndSixteenBytes) {
+TEST_F(AuthorityTest, SerialsAreSixteenBytesTimeOrderedAndMostlyRandom) {
   Profile p;
   auto a = issue(p, "a");
   auto b = issue(p, "b");
   EXPECT_NE(a.serial_hex, b.serial_hex);
+  std::set<std::string> seen;
+  std::string previous;
   for (int i = 0; i < 200; ++i) {
-    Bytes s = authority_->random_serial();
+    if (i % 50 == 49) clock_.advance(std::chrono::seconds(1));
+    Bytes s = authority_->new_serial();
     ASSERT_EQ(s.size(), 16u);
-    EXPECT_EQ(s[0] & 0xC0, 0x40);
+    EXPECT_EQ(s[0] & 0xC0, 0x40);  // positive, and its DER is always 16 bytes
+    std::string hex = to_hex(s);
+    EXPECT_GT(hex, previous) << "serial " << i << " sorts before the one made before it";
+    previous = hex;
+    seen.insert(hex);
+    // Bits 61..28 are the clock's second.
+    std::uint64_t head = 0;
+    for (int k = 0; k < 8; ++k) head = head << 8 | s[static_cast<std::size_t>(k)];
+    EXPECT_EQ(static_cast<std::int64_t>(head >> 28 & ((std::uint64_t{1} << 34) - 1)),
+              clock_.now().time_since_epoch().count());
+  }
+  EXPECT_EQ(seen.size(), 200u);
+}
+
+TEST_F(AuthorityTest, SerialsTakeTheirLastSeventyTwoBitsFromTheRng) {
+  // Two authorities with the same clock and sequence position but
+  // different generators differ in the random part only.
+  struct ZeroRng final : Rng {
+    void fill(std::span<unsigned char> out) override { std::fill(out.begin(), out.end(), 0); }
+  } zeros;
+  struct OnesRng final : Rng {
+    void fill(std::span<unsigned char> out) override { std::fill(out.begin(), out.end(), 0xFF); }
+  } ones;
+  auto a = Authority::create(X509Ptr(X509_dup(&authority_->issuer())), {}, inter_key_, clock_, zeros);
+  auto b = Authority::create(X509Ptr(X509_dup(&authority_->issuer())), {}, inter_key_, clock_, ones);
+  ASSERT_TRUE(a && b);
+  Bytes sa = a->new_serial(), sb = b->new_serial();
+  EXPECT_EQ(sa[7], 0x00);
+  EXPECT_EQ(sb[7], 0xFF);
+  for (std::size_t i = 8; i < 16; ++i) {
+    EXPECT_EQ(sa[i], 0x00);
+    EXPECT_EQ(sb[i], 0xFF);
   }
 }
 

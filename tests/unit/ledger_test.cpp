@@ -138,6 +138,34 @@ TEST(Ledger, RevokeRules) {
   EXPECT_EQ(*l.next_crl_number(), 2u);
 }
 
+TEST(Ledger, ListsARegistrationIdsCertificatesInEveryStatus) {
+  // Active certificates and the others are found through different partial
+  // indexes (schema 8); a listing by registration ID needs both.
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  ASSERT_TRUE(insert(l, record("0A", "dev-1")));
+  ASSERT_TRUE(l.insert_certificate(record("0B", "dev-1"), true));  // 0A superseded
+  ASSERT_TRUE(l.insert_certificate(record("0C", "dev-1"), true));  // 0B superseded
+  ASSERT_TRUE(l.revoke("0B", "keyCompromise", 5));
+  ASSERT_TRUE(insert(l, record("0D", "dev-2")));
+  auto list = [&](std::optional<std::string> id, std::optional<std::string> status) {
+    std::vector<std::string> serials;
+    EXPECT_TRUE(l.for_each_certificate({std::move(id), std::move(status)},
+                                       [&](const CertificateRecord& r) { serials.push_back(r.serial); }));
+    return serials;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(list("dev-1", std::nullopt), (V{"0A", "0B", "0C"}));
+  EXPECT_EQ(list("dev-1", "active"), V{"0C"});
+  EXPECT_EQ(list("dev-1", "superseded"), V{"0A"});
+  EXPECT_EQ(list("dev-1", "revoked"), V{"0B"});
+  EXPECT_EQ(list("dev-2", std::nullopt), V{"0D"});
+  EXPECT_EQ(list("dev-3", std::nullopt), V{});
+  EXPECT_EQ(list(std::nullopt, "active"), (V{"0C", "0D"}));
+  EXPECT_EQ(list(std::nullopt, "revoked"), V{"0B"});
+  EXPECT_EQ(list(std::nullopt, std::nullopt), (V{"0A", "0B", "0C", "0D"}));
+}
+
 TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
   for (int from = 0; from < Ledger::kSchemaVersion; ++from) {
     testkit::TempDir dir;
@@ -179,6 +207,10 @@ TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
                                           [&](const CertificateRecord& r) { active.push_back(r.serial); }));
       EXPECT_EQ(revoked, std::vector<std::string>{"01"});
       EXPECT_TRUE(active.empty());
+      std::vector<std::string> kept;
+      ASSERT_TRUE(l->for_each_certificate({"kept", std::nullopt},
+                                          [&](const CertificateRecord& r) { kept.push_back(r.serial); }));
+      EXPECT_EQ(kept, std::vector<std::string>{"01"});
       auto counts = l->counts_by_status();
       ASSERT_TRUE(counts);
       EXPECT_EQ(*counts, (std::map<std::string, std::int64_t>{{"active", 0}, {"revoked", 1}, {"superseded", 0}}));

@@ -191,6 +191,18 @@ constexpr const char* kMigrations[] = {
     CREATE INDEX certificates_by_batch ON certificates (batch_id, id) WHERE batch_id IS NOT NULL;
     CREATE INDEX certificates_not_active ON certificates (status) WHERE status != 'active';
     )sql",
+    // 8: one random-order index write fewer per certificate. Its writes land
+    // at random places in a B-tree as large as the ledger: with 200,000
+    // certificates, the registration-ID index and the (then random) serials'
+    // index were about half the cost of an insert. A registration ID's
+    // active certificate is found through certificates_one_active, its
+    // revoked and superseded ones through the status index, which now holds
+    // the registration ID too; the index on registration_id alone goes.
+    R"sql(
+    DROP INDEX certificates_by_registration_id;
+    DROP INDEX certificates_not_active;
+    CREATE INDEX certificates_not_active ON certificates (status, registration_id) WHERE status != 'active';
+    )sql",
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
@@ -579,19 +591,35 @@ Result<std::uint64_t> Ledger::batch_certificate_count(const std::string& batch_i
 
 Status Ledger::for_each_certificate(const CertificateFilter& filter,
                                     const std::function<void(const CertificateRecord&)>& fn) {
-  std::string sql = std::string("SELECT ") + kCertColumns + " FROM certificates WHERE 1=1";
-  if (filter.registration_id) sql += " AND registration_id=?";
-  // The status index holds inactive certificates only; the repeated term
-  // lets SQLite see that it covers the query.
-  if (filter.status) sql += *filter.status == "active" ? " AND status=?" : " AND status=? AND status != 'active'";
+  // Each term names its partial index's condition so that SQLite uses it:
+  // active certificates are in certificates_one_active (registration_id
+  // first), the others in certificates_not_active (status, registration_id).
+  // ?1 is the registration ID, ?2 the status.
+  std::string sql = std::string("SELECT ") + kCertColumns + " FROM certificates WHERE ";
+  const bool active = filter.status && *filter.status == "active";
+  if (filter.registration_id && !filter.status)
+    sql += "((status = 'active' AND registration_id = ?1) OR "
+           "(status != 'active' AND status IN ('revoked', 'superseded') AND registration_id = ?1))";
+  else if (filter.registration_id && active)
+    sql += "status = 'active' AND registration_id = ?1";
+  else if (filter.registration_id)
+    sql += "status = ?2 AND status != 'active' AND registration_id = ?1";
+  else if (active)
+    sql += "status = 'active'";  // most of the table: a scan
+  else if (filter.status)
+    sql += "status = ?2 AND status != 'active'";
+  else
+    sql += "1";
   sql += " ORDER BY id";
   sqlite3_stmt* s = nullptr;
   if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &s, nullptr) != SQLITE_OK)
     return std::unexpected(sqlite_error("listing certificates"));
   Stmt st(s);
-  Binder b{s};
-  if (filter.registration_id) b.text(*filter.registration_id);
-  if (filter.status) b.text(*filter.status);
+  if (filter.registration_id)
+    sqlite3_bind_text(s, 1, filter.registration_id->data(), static_cast<int>(filter.registration_id->size()),
+                      SQLITE_STATIC);
+  if (filter.status && !active)
+    sqlite3_bind_text(s, 2, filter.status->data(), static_cast<int>(filter.status->size()), SQLITE_STATIC);
   int rc;
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) fn(read_record(s, false));
   if (rc != SQLITE_DONE) return std::unexpected(sqlite_error("listing certificates"));

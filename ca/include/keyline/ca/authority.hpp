@@ -7,8 +7,12 @@
 // Leaf certificates (RFC 5280 profile, DPS rules in dps-api §5):
 //   subject  C/O/OU from the profile, CN = registration ID, serialNumber =
 //            device serial when the profile asks (IEEE 802.1AR IDevID)
-//   serial   16 random bytes, positive (top bit clear, next bit set so the
-//            DER length is always 16)
+//   serial   16 bytes, positive: bits 01 (top bit clear, next bit set so
+//            the DER length is always 16), the issuing second (34 bits), a
+//            sequence number (20 bits), 72 random bits (the CA/Browser Forum
+//            BRs ask for 64 or more). Later serials sort after earlier ones,
+//            so the ledger's serial index grows at its end instead of at
+//            random places in a B-tree as large as the ledger.
 //   validity notBefore = now - profile skew; notAfter = now + days, clamped
 //            to the issuer's notAfter, or 99991231235959Z for "forever"
 //   basicConstraints critical CA:FALSE; keyUsage critical digitalSignature
@@ -17,6 +21,8 @@
 //   hardwareModuleName otherName SAN (RFC 4108 §5).
 // Thread-safe: issue() may be called from several threads at once.
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -103,8 +109,8 @@ class Authority {
   // Issuer certificate then the chain, as PEM.
   std::string chain_pem() const;
 
-  // Random positive 16-byte serial (see above).
-  Bytes random_serial() const;
+  // A new positive 16-byte serial: time-ordered prefix, random rest (see above).
+  Bytes new_serial() const;
 
  private:
   Authority(X509Ptr issuer, std::vector<X509Ptr> chain, std::shared_ptr<const hsm::Signer> signer,
@@ -121,6 +127,8 @@ class Authority {
   std::shared_ptr<const hsm::Signer> signer_;
   const Clock* clock_;
   Rng* rng_;
+  // The serials' sequence number (heap-held so that an Authority can move).
+  std::unique_ptr<std::atomic<std::uint32_t>> serial_sequence_ = std::make_unique<std::atomic<std::uint32_t>>(0);
 };
 
 // Fills an IssuedCertificate's summary fields from a signed certificate.
