@@ -384,7 +384,9 @@ class Pipeline {
     resuming_ = committed_before > 0;
     progress_.total = count_items(o_);
     KL_CHECK(source_.open(o_));
-    pending_cap_ = std::max<std::size_t>(4 * o_.group_rows, 4 * kChunk * o_.jobs);
+    // One group waiting while the writer commits the one it took: the
+    // writer is the backpressure, and peak memory stays near two groups.
+    pending_cap_ = std::max<std::size_t>(o_.group_rows, 2 * kChunk * o_.jobs);
     last_commit_ns_ = SteadyClock::now().time_since_epoch().count();
     started_ = SteadyClock::now();
 
