@@ -112,7 +112,8 @@ TEST_F(AuthorityTest, SerialsAreSixteenBytesTimeOrderedAndMostlyRandom) {
 
 TEST_F(AuthorityTest, SerialsTakeTheirLastSeventyTwoBitsFromTheRng) {
   // Two authorities with the same clock and sequence position but
-  // different generators differ in the random part only.
+  // different generators differ in the random part only; the sequence
+  // number (bits 27..8) counts each authority's serials.
   struct ZeroRng final : Rng {
     void fill(std::span<unsigned char> out) override { std::fill(out.begin(), out.end(), 0); }
   } zeros;
@@ -122,7 +123,15 @@ TEST_F(AuthorityTest, SerialsTakeTheirLastSeventyTwoBitsFromTheRng) {
   auto a = Authority::create(X509Ptr(X509_dup(&authority_->issuer())), {}, inter_key_, clock_, zeros);
   auto b = Authority::create(X509Ptr(X509_dup(&authority_->issuer())), {}, inter_key_, clock_, ones);
   ASSERT_TRUE(a && b);
-  Bytes sa = a->new_serial(), sb = b->new_serial();
+  Bytes sa, sb;
+  for (int i = 0; i < 3; ++i) sa = a->new_serial(), sb = b->new_serial();
+  auto head = [](const Bytes& s) {
+    std::uint64_t h = 0;
+    for (std::size_t k = 0; k < 8; ++k) h = h << 8 | s[k];
+    return h;
+  };
+  EXPECT_EQ(head(sa) >> 8 & 0xFFFFF, 2u);  // the third serial of each
+  EXPECT_EQ(head(sa) >> 8, head(sb) >> 8);  // bytes 0..6: bits 01, second, sequence
   EXPECT_EQ(sa[7], 0x00);
   EXPECT_EQ(sb[7], 0xFF);
   for (std::size_t i = 8; i < 16; ++i) {

@@ -453,10 +453,11 @@ class Pipeline {
     KL_CHECK(out_.open(o_.out_dir));
     KL_TRY(Ledger ledger, Ledger::open(ledger_path_));
     ledger_.emplace(std::move(ledger));
-    // The writer keeps the certificate indexes (random serials and
-    // fingerprints) in memory, and checkpoints the WAL every ~40 MB instead
-    // of every 4 MB, so a page changed by many groups is copied to the
-    // database once. Both last as long as this connection.
+    // The writer keeps the certificate indexes in memory (the one-active
+    // index takes inputs in directory order, which is random), and
+    // checkpoints the WAL every ~40 MB instead of every 4 MB, so a page
+    // changed by many groups is copied to the database once. Both last as
+    // long as this connection.
     KL_CHECK(ledger_->exec("PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=10000;"));
 
     fs::path batch_file = o_.out_dir / "batch.json";

@@ -597,6 +597,8 @@ Status Ledger::for_each_certificate(const CertificateFilter& filter,
   // ?1 is the registration ID, ?2 the status.
   std::string sql = std::string("SELECT ") + kCertColumns + " FROM certificates WHERE ";
   const bool active = filter.status && *filter.status == "active";
+  // The IN list is every inactive status the table's CHECK allows: a new
+  // status must be added to both.
   if (filter.registration_id && !filter.status)
     sql += "((status = 'active' AND registration_id = ?1) OR "
            "(status != 'active' AND status IN ('revoked', 'superseded') AND registration_id = ?1))";

@@ -10,9 +10,11 @@
 //   serial   16 bytes, positive: bits 01 (top bit clear, next bit set so
 //            the DER length is always 16), the issuing second (34 bits), a
 //            sequence number (20 bits), 72 random bits (the CA/Browser Forum
-//            BRs ask for 64 or more). Later serials sort after earlier ones,
-//            so the ledger's serial index grows at its end instead of at
-//            random places in a B-tree as large as the ledger.
+//            BRs ask for 64 or more). An authority's later serials sort after
+//            its earlier ones (up to 2^20 a second), so the ledger's serial
+//            index grows at its end instead of at random places in a B-tree
+//            as large as the ledger. The sequence starts at 0 for each
+//            Authority object; uniqueness rests on the random bits.
 //   validity notBefore = now - profile skew; notAfter = now + days, clamped
 //            to the issuer's notAfter, or 99991231235959Z for "forever"
 //   basicConstraints critical CA:FALSE; keyUsage critical digitalSignature
