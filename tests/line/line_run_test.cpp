@@ -75,6 +75,11 @@ TEST(LineRun, CtrlCFinishesTheStepInFlightAndTheDeviceResumes) {
     in_keygen = scalar(state, "SELECT count(*) FROM provisioning_steps WHERE step = 'info' AND outcome = 'ok'") == "1";
   }
   ASSERT_TRUE(in_keygen) << "the line never recorded the device's INFO step";
+  // INFO is recorded just before KEYGEN is sent; the device takes 1.5 s to
+  // answer it, so a short wait puts the signal inside KEYGEN even on a
+  // loaded machine (a signal before KEYGEN was sent would stop the job
+  // before it, and there would be no KEYGEN step to finish).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   line.signal(SIGINT);
   EXPECT_EQ(line.wait(), 8);
   EXPECT_EQ(scalar(state, "SELECT outcome FROM provisioning_steps WHERE step = 'keygen'"), "ok");
