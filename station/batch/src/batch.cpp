@@ -1,22 +1,17 @@
 #include "keyline/station/batch.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <array>
 #include <cerrno>
 #include <condition_variable>
 #include <mutex>
 #include <chrono>
-#include <fstream>
 #include <thread>
 #include <variant>
 
 #include <nlohmann/json.hpp>
-#include <openssl/cms.h>
 #include <openssl/pem.h>
 
 #include "keyline/ca/csr_policy.hpp"
@@ -24,8 +19,9 @@
 #include "keyline/core/hex.hpp"
 #include "keyline/core/log.hpp"
 #include "keyline/core/secret.hpp"
-#include "device_keys.hpp"
 #include "out_dir.hpp"
+#include "source.hpp"
+#include "worker.hpp"
 
 namespace keyline::station::batch {
 
@@ -34,279 +30,16 @@ namespace {
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
-// ------------------------------------------------------------------ sources
-
-struct Item {
-  std::string input;                      // file name or registration ID (for messages)
-  std::optional<std::string> generate_id;  // registration ID (generate)
-};
-
-// The inputs, handed out in chunks to whichever worker asks next. CSR files
-// are named here and read by the worker (relative to the folder, so the
-// kernel does not walk the whole path for each one).
-class Source {
- public:
-  ~Source() {
-    if (dir_) ::closedir(dir_);
-  }
-
-  Status open(const Options& o) {
-    o_ = &o;
-    if (o.mode == Mode::csr_dir) {
-      dir_ = ::opendir(o.csr_dir.c_str());
-      if (!dir_) return fail(Domain::input, "cannot read --csr-dir " + files::errno_text(o.csr_dir, errno));
-    } else if (!o.ids_file.empty()) {
-      ids_.open(o.ids_file);
-      if (!ids_) return fail(Domain::input, "cannot read --ids " + o.ids_file.string());
-    }
-    return {};
-  }
-
-  int dir_fd() const { return dir_ ? ::dirfd(dir_) : -1; }
-
-  // Up to `n` more items; none when the source is exhausted or `stop` is set.
-  Result<std::vector<Item>> next(std::size_t n, const std::atomic<bool>& stop) {
-    std::vector<Item> items;
-    items.reserve(n);
-    std::lock_guard lock(mu_);
-    while (items.size() < n && !done_ && !stop.load()) {
-      if (dir_) {
-        errno = 0;
-        dirent* e = ::readdir(dir_);
-        if (!e) {
-          done_ = true;
-          if (errno) return fail(Domain::io, "reading --csr-dir " + files::errno_text(o_->csr_dir, errno));
-          break;
-        }
-        if (e->d_name[0] == '.') continue;
-        bool regular = e->d_type == DT_REG;
-        if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
-          struct stat st{};
-          regular = ::fstatat(dirfd(dir_), e->d_name, &st, 0) == 0 && S_ISREG(st.st_mode);
-        }
-        if (regular) items.push_back(Item{e->d_name, std::nullopt});
-      } else if (ids_.is_open()) {
-        if (!std::getline(ids_, line_)) {
-          done_ = true;
-          break;
-        }
-        auto a = line_.find_first_not_of(" \t\r");
-        if (a == std::string::npos || line_[a] == '#') continue;
-        auto b = line_.find_last_not_of(" \t\r");
-        std::string id = line_.substr(a, b - a + 1);
-        items.push_back(Item{id, id});
-      } else {
-        if (seq_ >= o_->count.value_or(0)) {
-          done_ = true;
-          break;
-        }
-        KL_TRY(std::string id, expand_template(o_->id_template, o_->start + seq_));
-        ++seq_;
-        items.push_back(Item{id, id});
-      }
-    }
-    return items;
-  }
-
- private:
-  const Options* o_ = nullptr;
-  std::mutex mu_;
-  DIR* dir_ = nullptr;
-  std::ifstream ids_;
-  std::string line_;
-  std::uint64_t seq_ = 0;
-  bool done_ = false;
-};
-
-// Reads one CSR file of the folder: open, one read, close.
-Result<std::string> read_input(int dir_fd, const Options& o, const std::string& name) {
-  // Without O_NOATIME the first read of each CSR dirties its inode, and the
-  // writer's file-system sync writes them all back. Only the files' owner
-  // (or root) may ask for it; others read as usual.
-  static std::atomic<bool> noatime{true};
-  int fd = -1;
-  if (noatime.load(std::memory_order_relaxed)) {
-    fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOATIME);
-    if (fd < 0 && errno == EPERM) noatime = false;
-  }
-  if (fd < 0 && !noatime.load(std::memory_order_relaxed)) fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, errno));
-  thread_local std::array<char, ca::kMaxCsrBytes + 1> buf;
-  std::size_t got = 0;
-  for (;;) {
-    std::size_t want = buf.size() - got;
-    ssize_t n = ::read(fd, buf.data() + got, want);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, err));
-    }
-    got += static_cast<std::size_t>(n);
-    // A short read of a regular file is its end.
-    if (static_cast<std::size_t>(n) < want || got == buf.size()) break;
-  }
-  ::close(fd);
-  if (got > ca::kMaxCsrBytes)
-    return fail(Domain::input, (o.csr_dir / name).string() + " is larger than " + std::to_string(ca::kMaxCsrBytes) +
-                                   " bytes; it is not a CSR");
-  return std::string(buf.data(), got);
-}
-
-std::uint64_t count_items(const Options& o) {
-  std::uint64_t n = 0;
-  if (o.mode == Mode::csr_dir) {
-    std::error_code ec;
-    for (fs::directory_iterator it(o.csr_dir, ec), end; !ec && it != end; it.increment(ec))
-      if (!it->path().filename().string().starts_with('.')) ++n;
-  } else if (!o.ids_file.empty()) {
-    std::ifstream in(o.ids_file);
-    std::string line;
-    while (std::getline(in, line)) {
-      auto a = line.find_first_not_of(" \t\r");
-      if (a != std::string::npos && line[a] != '#') ++n;
-    }
-  } else {
-    n = o.count.value_or(0);
-  }
-  return n;
-}
-
-// ------------------------------------------------------------------ results
-
-struct Issued {
-  std::string input;
-  ca::IssuedCertificate cert;
-  std::string key_bytes;  // encrypted (DER CMS) or plain PEM; empty for CSR batches
-};
-struct Rejected {
-  std::string input;
-  std::string reason;
-};
-struct AlreadyDone {};
-// The key store (or the machine) failed: no input is at fault, and no
-// further input can succeed. The batch stops; what was signed is committed.
-struct Fatal {
-  Error error;
-};
-using Outcome = std::variant<Issued, Rejected, AlreadyDone, Fatal>;
-
-// Whether an issuance error belongs to the input (reject it, go on) or to
-// the station (stop the batch).
-Outcome issue_failure(const std::string& input, const Error& e) {
-  if (e.domain() == Domain::input || e.domain() == Domain::policy) return Rejected{input, e.message()};
-  return Fatal{e};
-}
-
-// ------------------------------------------------------------------ keys
-
-class KeyWrapper {
- public:
-  static Result<KeyWrapper> create(const Options& o) {
-    KeyWrapper w;
-    if (o.mode != Mode::generate) return w;
-    if (o.plain_keys == !o.encrypt_keys_to.empty())
-      return fail(Domain::usage, "--generate needs exactly one of --encrypt-keys-to CERT or --plain-keys");
-    if (!o.plain_keys) {
-      KL_TRY(std::string pem, files::read(o.encrypt_keys_to, 1 << 20));
-      auto cert = x509_from_pem(pem, o.encrypt_keys_to.string());
-      if (!cert) return std::unexpected(cert.error().with_context("--encrypt-keys-to"));
-      w.recipient_ = std::shared_ptr<X509>(cert->release(), X509_free);
-    }
-    return w;
-  }
-
-  bool encrypted() const { return recipient_ != nullptr; }
-  const char* file_suffix() const { return encrypted() ? ".key.p7m" : ".key.pem"; }
-
-  // The PKCS#8 PEM, enveloped to the recipient when there is one.
-  Result<std::string> wrap(const SecretString& pem) const {
-    if (!encrypted()) return std::string(pem.reveal());
-    BioPtr in(BIO_new_mem_buf(pem.reveal().data(), static_cast<int>(pem.reveal().size())));
-    X509StackPtr recips(sk_X509_new_null());
-    X509_up_ref(recipient_.get());
-    sk_X509_push(recips.get(), recipient_.get());
-    std::unique_ptr<CMS_ContentInfo, Free<CMS_ContentInfo_free>> cms(
-        CMS_encrypt(recips.get(), in.get(), EVP_aes_256_gcm(), CMS_BINARY));
-    if (!cms) return std::unexpected(openssl_error(Domain::openssl, "encrypting a generated key to the recipient"));
-    unsigned char* der = nullptr;
-    int len = i2d_CMS_ContentInfo(cms.get(), &der);
-    if (len <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding CMS"));
-    std::string out(reinterpret_cast<char*>(der), static_cast<std::size_t>(len));
-    OPENSSL_free(der);
-    return out;
-  }
-
- private:
-  std::shared_ptr<X509> recipient_;
-};
-
-// ------------------------------------------------------------------ worker
-
-struct Worker {
-  const Options& o;
-  const ca::Authority& authority;
-  const ca::Profile& profile;
-  const KeyWrapper& keys;
-  const std::string& batch_id;
-  Ledger* reader;  // read-only connection of this worker
-  // False for a batch with nothing committed yet: no input can be done
-  // already, and a registration ID active elsewhere is refused by the
-  // ledger's unique index when the writer commits, so the per-item lookup
-  // is skipped.
-  bool resuming;
-  int input_dir_fd;  // the CSR folder (csr_dir)
-
-  // Done in this batch already? Active elsewhere? nullopt = go ahead.
-  // `key` (CSR batches): a certificate in this batch counts as this input's
-  // only if it is for the same public key.
-  std::optional<Outcome> prior(const std::string& input, const std::string& id, const Bytes* key = nullptr) {
-    if (!resuming) return std::nullopt;
-    auto ref = reader->active_ref(id, profile.name);
-    if (!ref) return Rejected{input, ref.error().message()};
-    if (!*ref) return std::nullopt;
-    if ((*ref)->batch_id == batch_id) {
-      if (!key || (*ref)->pubkey_sha256 == sha256_hex(*key)) return AlreadyDone{};
-      return Rejected{input, "registration ID '" + id + "' appears more than once in this batch; certificate " +
-                                 (*ref)->serial + " was issued for another input's key"};
-    }
-    return Rejected{input, "registration ID '" + id + "' already has an active certificate (serial " +
-                               (*ref)->serial + ") outside this batch"};
-  }
-
-  Outcome process(const Item& item) {
-    if (item.generate_id) return generate(item);
-    auto payload = read_input(input_dir_fd, o, item.input);
-    if (!payload) return Rejected{item.input, payload.error().message()};
-    std::optional<ca::AcceptedCsr> accepted = ca::accept_simple_csr(*payload, profile);
-    if (!accepted) {  // not the simple case: the full parser decides and explains
-      auto csr = ca::parse_csr(*payload, item.input);
-      if (!csr) return Rejected{item.input, csr.error().message()};
-      auto checked = ca::check_csr(**csr, profile, std::nullopt, item.input);
-      if (!checked) return Rejected{item.input, checked.error().message()};
-      accepted = std::move(*checked);
-    }
-    if (auto p = prior(item.input, accepted->registration_id.str(), &accepted->public_key)) return *p;
-    auto cert = authority.issue({accepted->registration_id, accepted->public_key, std::nullopt}, profile);
-    if (!cert) return issue_failure(item.input, cert.error());
-    return Issued{item.input, std::move(*cert), {}};
-  }
-
-  Outcome generate(const Item& item) {
-    auto id = ca::RegistrationId::for_certificate(*item.generate_id);
-    if (!id) return Rejected{item.input, id.error().message()};
-    if (auto p = prior(item.input, id->str())) return *p;
-    auto key = generate_device_key(o.key_algorithm);
-    if (!key) return issue_failure(item.input, key.error());
-    auto cert = authority.issue({*id, key->spki, std::nullopt}, profile);
-    if (!cert) return issue_failure(item.input, cert.error());
-    auto wrapped = keys.wrap(key->pkcs8_pem);
-    if (!wrapped) return issue_failure(item.input, wrapped.error());
-    return Issued{item.input, std::move(*cert), std::move(*wrapped)};
-  }
-};
-
+using detail::count_items;
+using detail::Issued;
 using detail::issued_record_body;
+using detail::Item;
+using detail::KeyWrapper;
+using detail::Outcome;
+using detail::Rejected;
+using detail::Fatal;
+using detail::Source;
+using detail::Worker;
 using detail::JsonlFile;
 using detail::kPendingSuffix;
 using detail::manifest_line;
