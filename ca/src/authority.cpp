@@ -147,13 +147,13 @@ Result<Authority> Authority::create(X509Ptr issuer, std::vector<X509Ptr> chain,
   return a;
 }
 
-Bytes Authority::new_serial() const {
-  // The first 64 bits: 01, the clock's seconds (34 bits, enough until the
+Bytes Authority::new_serial(TimePoint issued_at) const {
+  // The first 64 bits: 01, the issuing second (34 bits, enough until the
   // year 2514), this authority's sequence number (20 bits, wraps), then 8
   // random bits; the last 64 bits are random too.
   Bytes serial(16);
   rng_->fill(serial);
-  auto seconds = static_cast<std::uint64_t>(clock_->now().time_since_epoch().count());
+  auto seconds = static_cast<std::uint64_t>(issued_at.time_since_epoch().count());
   std::uint64_t head = std::uint64_t{1} << 62 | (seconds & ((std::uint64_t{1} << 34) - 1)) << 28 |
                        std::uint64_t{serial_sequence_->fetch_add(1, std::memory_order_relaxed) & 0xFFFFFu} << 8 |
                        serial[7];
@@ -338,8 +338,8 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   auto alg_oid = der::expect(alg_body, 0x06);
   bool ec = alg_oid && der::equals(alg_oid->value, kOidEcPublicKey);
 
-  Bytes serial = new_serial();
   TimePoint now = clock_->now();
+  Bytes serial = new_serial(now);
   TimePoint not_before = now - profile.backdate;
   TimePoint not_after = profile.validity_days ? leaf_not_after(profile, now) : kForever;
   KL_TRY(LeafSubject subject, encode_leaf_subject(request, profile));
@@ -423,7 +423,8 @@ Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request
 
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
-  Bytes serial = new_serial();
+  TimePoint now = clock_->now();
+  Bytes serial = new_serial(now);
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
 
@@ -431,7 +432,6 @@ Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request
   KL_TRY(X509NamePtr subject, leaf_subject(request, profile));
   X509_set_subject_name(cert.get(), subject.get());
 
-  TimePoint now = clock_->now();
   KL_CHECK(set_time(X509_getm_notBefore(cert.get()), now - profile.backdate));
   if (profile.validity_days) {
     KL_CHECK(set_time(X509_getm_notAfter(cert.get()), leaf_not_after(profile, now)));
@@ -534,14 +534,14 @@ Result<X509Ptr> Authority::verification_certificate(std::string_view code) const
       return fail(Domain::input, "verification code has a space or non-printable character");
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
-  Bytes serial = new_serial();
+  TimePoint now = clock_->now();
+  Bytes serial = new_serial(now);
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
   X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer_.get()));
   X509NamePtr subject(X509_NAME_new());
   KL_CHECK(add_name_entry(subject.get(), "CN", code));
   X509_set_subject_name(cert.get(), subject.get());
-  TimePoint now = clock_->now();
   KL_CHECK(set_time(X509_getm_notBefore(cert.get()), now - std::chrono::minutes(5)));
   KL_CHECK(set_time(X509_getm_notAfter(cert.get()), now + std::chrono::days(30)));
   X509_set_pubkey(cert.get(), X509_get0_pubkey(issuer_.get()));

@@ -94,7 +94,7 @@ TEST_F(AuthorityTest, SerialsAreSixteenBytesTimeOrderedAndMostlyRandom) {
   std::string previous;
   for (int i = 0; i < 200; ++i) {
     if (i % 50 == 49) clock_.advance(std::chrono::seconds(1));
-    Bytes s = authority_->new_serial();
+    Bytes s = authority_->new_serial(clock_.now());
     ASSERT_EQ(s.size(), 16u);
     EXPECT_EQ(s[0] & 0xC0, 0x40);  // positive, and its DER is always 16 bytes
     std::string hex = to_hex(s);
@@ -124,7 +124,7 @@ TEST_F(AuthorityTest, SerialsTakeTheirLastSeventyTwoBitsFromTheRng) {
   auto b = Authority::create(X509Ptr(X509_dup(&authority_->issuer())), {}, inter_key_, clock_, ones);
   ASSERT_TRUE(a && b);
   Bytes sa, sb;
-  for (int i = 0; i < 3; ++i) sa = a->new_serial(), sb = b->new_serial();
+  for (int i = 0; i < 3; ++i) sa = a->new_serial(clock_.now()), sb = b->new_serial(clock_.now());
   auto head = [](const Bytes& s) {
     std::uint64_t h = 0;
     for (std::size_t k = 0; k < 8; ++k) h = h << 8 | s[k];

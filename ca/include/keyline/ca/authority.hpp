@@ -112,7 +112,8 @@ class Authority {
   std::string chain_pem() const;
 
   // A new positive 16-byte serial: time-ordered prefix, random rest (see above).
-  Bytes new_serial() const;
+  // `issued_at`: the time the certificate's validity is based on.
+  Bytes new_serial(TimePoint issued_at) const;
 
  private:
   Authority(X509Ptr issuer, std::vector<X509Ptr> chain, std::shared_ptr<const hsm::Signer> signer,
