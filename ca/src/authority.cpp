@@ -24,9 +24,11 @@ Result<X509ExtPtr> make_ext(X509V3_CTX* ctx, int nid, const char* value) {
 }
 
 
+// A time that does not parse reads as the epoch: for the issuer's notAfter,
+// that refuses issuance (expired) instead of issuing under a guess.
 TimePoint from_asn1(const ASN1_TIME* t) {
   std::tm tm{};
-  ASN1_TIME_to_tm(t, &tm);
+  if (ASN1_TIME_to_tm(t, &tm) != 1) return TimePoint{};
   return TimePoint(std::chrono::seconds(timegm(&tm)));
 }
 
@@ -322,10 +324,33 @@ TimePoint Authority::leaf_not_after(const Profile& profile, TimePoint now) const
   return until > issuer_not_after_ ? issuer_not_after_ : until;  // a leaf never outlives its issuer
 }
 
+Status Authority::check_issuer(TimePoint now) const {
+  if (issuer_key_id_.empty())
+    return fail(Domain::state, "the issuing CA certificate has no subjectKeyIdentifier, so leaves could not name it "
+                               "(authorityKeyIdentifier); install an intermediate certificate that has one");
+  if (now >= issuer_not_after_)
+    return fail(Domain::state, "the issuing CA certificate expired at " + format_utc(issuer_not_after_) +
+                                   "; nothing can be issued under it -- install a renewed intermediate certificate");
+  return {};
+}
+
+Status Authority::check_profile(const Profile& profile) const {
+  auto subject = profile_subject(profile);
+  if (!subject)
+    return fail(Domain::state, "profile '" + profile.name + "': its subject (C, O, OU) cannot be encoded: " +
+                                   subject.error().message() + "; fix the profile in keyline.toml");
+  std::unique_ptr<ASN1_OBJECT, Free<ASN1_OBJECT_free>> oid(
+      profile.hardware_module_oid.empty() ? nullptr : OBJ_txt2obj(profile.hardware_module_oid.c_str(), 1));
+  if (!profile.hardware_module_oid.empty() && !oid)
+    return fail(Domain::state, "profile '" + profile.name + "': hardware_module_oid '" + profile.hardware_module_oid +
+                                   "' is not a dotted OID; fix the profile in keyline.toml");
+  return {};
+}
+
 Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Profile& profile) const {
   KL_CHECK(check_request(request, profile));
-  if (issuer_key_id_.empty())
-    return fail(Domain::input, "the issuer certificate has no subjectKeyIdentifier; leaves could not name it (AKI)");
+  TimePoint now = clock_->now();
+  KL_CHECK(check_issuer(now));
   // SubjectPublicKeyInfo: the key type and the BIT STRING hashed for the SKI.
   std::span<const unsigned char> spki_in(request.public_key);
   auto spki = der::expect(spki_in, 0x30);
@@ -338,7 +363,6 @@ Result<IssuedCertificate> Authority::issue(const IssueRequest& request, const Pr
   auto alg_oid = der::expect(alg_body, 0x06);
   bool ec = alg_oid && der::equals(alg_oid->value, kOidEcPublicKey);
 
-  TimePoint now = clock_->now();
   Bytes serial = new_serial(now);
   TimePoint not_before = now - profile.backdate;
   TimePoint not_after = profile.validity_days ? leaf_not_after(profile, now) : kForever;
@@ -424,6 +448,7 @@ Result<IssuedCertificate> Authority::issue_reference(const IssueRequest& request
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
   TimePoint now = clock_->now();
+  KL_CHECK(check_issuer(now));
   Bytes serial = new_serial(now);
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
@@ -535,6 +560,7 @@ Result<X509Ptr> Authority::verification_certificate(std::string_view code) const
   X509Ptr cert(X509_new());
   X509_set_version(cert.get(), X509_VERSION_3);
   TimePoint now = clock_->now();
+  KL_CHECK(check_issuer(now));
   Bytes serial = new_serial(now);
   BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));

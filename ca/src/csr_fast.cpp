@@ -54,6 +54,12 @@ std::optional<Bytes> pem_body(std::string_view text) {
     clean.push_back(c);
   }
   if (clean.empty() || clean.size() % 4) return std::nullopt;
+  // Padding only at the very end ("x=" or "=="): EVP_DecodeBlock would read
+  // a '=' anywhere else as zero bits, where the full parser refuses it.
+  auto first_pad = clean.find('=');
+  if (first_pad != std::string::npos &&
+      (first_pad < clean.size() - 2 || clean.find_first_not_of('=', first_pad) != std::string::npos))
+    return std::nullopt;
   Bytes out(clean.size() / 4 * 3);
   int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(clean.data()),
                           static_cast<int>(clean.size()));

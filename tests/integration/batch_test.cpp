@@ -286,6 +286,127 @@ TEST(Batch, UsageErrorsAreClearAndWriteNothing) {
   EXPECT_EQ(sql_count(state / "ledger.db", "1=1"), rows_before);
 }
 
+// Names and IDs that are not UTF-8 (a Latin-1 file name, an ID file in
+// another encoding) are rejected with a readable reason; the batch goes on.
+TEST(Batch, InputsThatAreNotUtf8AreRejectedAndTheBatchGoesOn) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_ca(state);
+  testkit::write_file(dir / "ids.txt", "good-1\ndev-\xe9t\xe9\ngood-2\n");
+  auto r = testkit::keyline(state, {"--json", "ca", "batch", "--generate", "--ids", (dir / "ids.txt").string(),
+                                    "--out", (dir / "gen").string(), "--plain-keys"},
+                            kQuiet);
+  EXPECT_EQ(r.exit_code, 7) << r.err;
+  auto rejected = read_jsonl(dir / "gen" / "rejected.jsonl");
+  ASSERT_EQ(rejected.size(), 1u);
+  EXPECT_EQ(rejected[0]["input"], "dev-\xef\xbf\xbdt\xef\xbf\xbd");  // U+FFFD for each stray byte
+  expect_exactly_once(state, dir / "gen", {"good-1", "good-2"});
+
+  auto csrs = dir / "csrs";
+  write_csrs(csrs, 2);
+  testkit::write_file(csrs / "caf\xe9.csr", "not a csr\n");
+  auto c = testkit::keyline(state, {"ca", "batch", "--csr-dir", csrs.string(), "--out", (dir / "csr-out").string()},
+                            kQuiet);
+  EXPECT_EQ(c.exit_code, 7) << c.err;
+  auto rej = read_jsonl(dir / "csr-out" / "rejected.jsonl");
+  ASSERT_EQ(rej.size(), 1u);
+  EXPECT_EQ(rej[0]["input"], "caf\xef\xbf\xbd.csr");
+  EXPECT_NE(rej[0]["reason"].get<std::string>().find("neither a PEM nor a DER"), std::string::npos);
+}
+
+// What is wrong with the station (a profile a batch cannot serve, an out
+// dir from another ledger, a changed key algorithm) stops the batch before
+// anything is signed, instead of rejecting every input.
+TEST(Batch, StationFaultsStopTheBatchBeforeItStarts) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_ca(state);
+  auto serial_profile = testkit::keyline(state, {"ca", "batch", "--generate", "--count", "3", "--id-template",
+                                                 "i-{seq}", "--plain-keys", "--profile", "idevid", "--out",
+                                                 (dir / "idevid").string()},
+                                         kQuiet);
+  EXPECT_EQ(serial_profile.exit_code, 2) << serial_profile.err;
+  EXPECT_NE(serial_profile.err.find("device serial number"), std::string::npos) << serial_profile.err;
+  EXPECT_FALSE(fs::exists(dir / "idevid" / "manifest.jsonl"));
+  EXPECT_EQ(sql_count(state / "ledger.db", "1=1"), 0);
+
+  // The out dir's batch is pinned to its key algorithm.
+  auto out = dir / "out";
+  std::vector<std::string> gen{"ca", "batch", "--generate", "--count", "2", "--id-template", "k-{seq}", "--plain-keys",
+                               "--out", out.string()};
+  ASSERT_EQ(testkit::keyline(state, gen, kQuiet).exit_code, 0);
+  auto p384 = gen;
+  p384.insert(p384.end(), {"--key-algorithm", "ec-p384"});
+  auto changed = testkit::keyline(state, p384, kQuiet);
+  EXPECT_EQ(changed.exit_code, 2) << changed.err;
+  EXPECT_NE(changed.err.find("(ec-p256)"), std::string::npos) << changed.err;
+
+  // A batch.json member of the wrong type is a refusal, not a crash.
+  std::string pinned = testkit::read_file(out / "batch.json");
+  json j = json::parse(pinned);
+  j["profile"] = 7;
+  testkit::write_file(out / "batch.json", j.dump());
+  auto typed = testkit::keyline(state, gen, kQuiet);
+  EXPECT_EQ(typed.exit_code, 2) << typed.err;
+  EXPECT_NE(typed.err.find("resume it with the same options"), std::string::npos) << typed.err;
+  testkit::write_file(out / "batch.json", pinned);
+
+  // The same out dir with another station's ledger: its manifest lists
+  // certificates that ledger never recorded.
+  auto other = dir / "other-state";
+  init_ca(other);
+  auto foreign = testkit::keyline(other, gen, kQuiet);
+  EXPECT_EQ(foreign.exit_code, 5) << foreign.err;
+  EXPECT_NE(foreign.err.find("made with another ledger"), std::string::npos) << foreign.err;
+  EXPECT_EQ(sql_count(other / "ledger.db", "1=1"), 0);
+  EXPECT_EQ(read_jsonl(out / "manifest.jsonl").size(), 2u);
+}
+
+// A crash after a group's commit but before its keys got their final names,
+// where REGID.key.pem is still an earlier (revoked) certificate's key: the
+// re-run gives the committed certificate its own key.
+TEST(Batch, RecoveryGivesACommittedCertificateItsOwnKey) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_ca(state);
+  auto out = dir / "out";
+  testkit::write_file(dir / "ids.txt", "dev-k\n");
+  std::vector<std::string> gen{"ca", "batch", "--generate", "--ids", (dir / "ids.txt").string(), "--plain-keys",
+                               "--out", out.string()};
+  ASSERT_EQ(testkit::keyline(state, gen, kQuiet).exit_code, 0);
+  std::string first_key = testkit::read_file(out / "dev-k.key.pem");
+  std::string first_serial = read_jsonl(out / "manifest.jsonl").at(0)["serial"];
+  ASSERT_EQ(testkit::keyline(state, {"ca", "revoke", "--serial", first_serial}, kQuiet).exit_code, 0);
+  ASSERT_EQ(testkit::keyline(state, gen, kQuiet).exit_code, 0);  // dev-k again, a new key
+  auto manifest = read_jsonl(out / "manifest.jsonl");
+  ASSERT_EQ(manifest.size(), 2u);
+  std::string second_serial = manifest[1]["serial"];
+  std::string second_key = testkit::read_file(out / "dev-k.key.pem");
+  ASSERT_NE(second_key, first_key);
+
+  // Back to the moment after the commit: the new key under its pending
+  // name, the old key file in place, the manifest one line short.
+  fs::rename(out / "dev-k.key.pem", out / (".dev-k." + second_serial + ".key.pem.pending"));
+  testkit::write_file(out / "dev-k.key.pem", first_key);
+  testkit::write_file(out / "manifest.jsonl", manifest[0].dump() + "\n");
+
+  auto r = testkit::keyline(state, gen, kQuiet);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(testkit::read_file(out / "dev-k.key.pem"), second_key);
+  auto repaired = read_jsonl(out / "manifest.jsonl");
+  ASSERT_EQ(repaired.size(), 2u);
+  EXPECT_EQ(repaired[1]["serial"], second_serial);
+  EXPECT_EQ(repaired[1]["key_file_sha256"], sha256_hex(ByteView(reinterpret_cast<const unsigned char*>(second_key.data()),
+                                                                second_key.size())));
+  for (auto& e : fs::directory_iterator(out)) EXPECT_FALSE(e.path().string().ends_with(".pending")) << e.path();
+  BioPtr b(BIO_new_mem_buf(second_key.data(), static_cast<int>(second_key.size())));
+  EvpPkeyPtr key(PEM_read_bio_PrivateKey(b.get(), nullptr, nullptr, nullptr));
+  X509Ptr cert = read_cert(out / "dev-k.pem");
+  ASSERT_TRUE(key && cert);
+  EXPECT_EQ(X509_check_private_key(cert.get(), key.get()), 1);
+  EXPECT_EQ(serial_of(cert.get()), second_serial);
+}
+
 // SIGKILL at random points, then re-runs, until the batch completes: every
 // certificate exactly once across ledger, manifest and files.
 TEST(BatchSlow, SurvivesSigkillAtRandomPointsExactlyOnce) {

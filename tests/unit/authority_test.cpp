@@ -147,6 +147,38 @@ TEST_F(AuthorityTest, ValidityIsClampedToTheIssuer) {
   EXPECT_EQ(c.not_after, test::t0() + std::chrono::days(365));
 }
 
+TEST_F(AuthorityTest, AnExpiredIssuerIssuesNothing) {
+  Profile p;
+  p.validity_days = 30;
+  clock_.advance(std::chrono::days(365) - std::chrono::seconds(1));  // its last second
+  EXPECT_EQ(issue(p).not_after, test::t0() + std::chrono::days(365));
+  clock_.advance(std::chrono::seconds(1));
+  auto key = testkit::ec_key();
+  IssueRequest req{*RegistrationId::for_certificate("dev-late"), *hsm::public_key_der(key.get()), std::nullopt};
+  for (auto issued : {authority_->issue(req, p), authority_->issue_reference(req, p)}) {
+    ASSERT_FALSE(issued);
+    EXPECT_EQ(issued.error().domain(), Domain::state);  // a station fault, not the request's
+    EXPECT_NE(issued.error().message().find("expired at 2027-05-28"), std::string::npos) << issued.error().message();
+  }
+  EXPECT_FALSE(authority_->check_issuer(clock_.now()));
+  EXPECT_TRUE(authority_->check_issuer(clock_.now() - std::chrono::seconds(1)));
+}
+
+TEST_F(AuthorityTest, ProfilesThatCannotEncodeAreAStationFault) {
+  Profile ok;
+  EXPECT_TRUE(authority_->check_profile(ok));
+  Profile long_country;
+  long_country.name = "bad-c";
+  long_country.subject_c = "DEU";  // C is two letters
+  auto c = authority_->check_profile(long_country);
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().domain(), Domain::state);
+  EXPECT_NE(c.error().message().find("profile 'bad-c'"), std::string::npos) << c.error().message();
+  Profile bad_oid;
+  bad_oid.hardware_module_oid = "not an oid";
+  EXPECT_FALSE(authority_->check_profile(bad_oid));
+}
+
 TEST_F(AuthorityTest, IDevIdProfileNeverExpiresAndCarriesTheSerial) {
   Profile p;
   p.name = "idevid";

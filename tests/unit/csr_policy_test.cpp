@@ -143,6 +143,19 @@ TEST(SimpleCsr, AgreesWithTheFullPath) {
       EXPECT_EQ(fast->key_algorithm, full->key_algorithm);
     }
   }
+  // A '=' inside the base64 where an 'A' was decodes to the same bytes
+  // (zero bits) with a lenient decoder; PEM refuses it, and so does the
+  // fast path.
+  {
+    std::string pem = csr_pem(p256.get(), "pad-1");
+    auto body = pem.find('\n') + 1;
+    auto a = pem.find('A', body + 8);
+    ASSERT_NE(a, std::string::npos);
+    ASSERT_LT(a, pem.find("-----END") - 8);
+    pem[a] = '=';
+    EXPECT_FALSE(accept_simple_csr(pem, p));
+    EXPECT_FALSE(parse_csr(pem, "x"));
+  }
   Profile no_p384;
   no_p384.allow_ec_p384 = false;
   EXPECT_FALSE(accept_simple_csr(csr_pem(p384.get(), "d"), no_p384));

@@ -76,6 +76,7 @@ Result<std::string> expand_template(const std::string& tmpl, std::uint64_t seq) 
     if (spec.size() < 3 || spec[0] != ':' || spec[1] != '0' ||
         spec.find_first_not_of("0123456789", 1) != std::string::npos)
       return fail(Domain::usage, "--id-template placeholder must be {seq} or {seq:0N}, e.g. {seq:06}");
+    if (spec.size() > 4) return fail(Domain::usage, "--id-template width must be at most 20");
     width = std::stoul(spec.substr(1));
     if (width > 20) return fail(Domain::usage, "--id-template width must be at most 20");
   }
@@ -160,13 +161,23 @@ class Pipeline {
 
   Status check_options() {
     if (o_.jobs < 1 || o_.jobs > 256) return fail(Domain::usage, "--jobs must be 1 to 256");
-    if (o_.mode == Mode::csr_dir && !fs::is_directory(o_.csr_dir))
-      return fail(Domain::input, "--csr-dir " + o_.csr_dir.string() + " is not a directory");
+    std::error_code ec;
+    if (o_.mode == Mode::csr_dir && !fs::is_directory(o_.csr_dir, ec))
+      return fail(Domain::input, "--csr-dir " + o_.csr_dir.string() +
+                                     (ec ? " cannot be read: " + ec.message() : std::string(" is not a directory")));
     if (o_.mode == Mode::generate && o_.ids_file.empty() && !o_.count)
       return fail(Domain::usage, "--generate needs --ids FILE or --count N with --id-template");
     if (o_.mode == Mode::generate && !o_.ids_file.empty() && o_.count)
       return fail(Domain::usage, "give either --ids or --count, not both");
     if (o_.count) KL_CHECK(expand_template(o_.id_template, o_.start));
+    // Station faults stop the batch before it starts, instead of turning
+    // every input into a rejection.
+    KL_CHECK(authority_.check_issuer(clock_.now()));
+    KL_CHECK(authority_.check_profile(profile_));
+    if (profile_.serial_number_attribute || !profile_.hardware_module_oid.empty())
+      return fail(Domain::usage, "profile '" + profile_.name +
+                                     "' puts the device serial number in each certificate, and a batch has none to "
+                                     "give; issue those with 'keyline ca issue --device-serial' or on the line");
     KL_TRY(keys_, KeyWrapper::create(o_));
     key_suffix_ = keys_.file_suffix();
     if (o_.mode == Mode::generate) {
@@ -194,7 +205,9 @@ class Pipeline {
     KL_CHECK(ledger_->exec("PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=10000;"));
 
     fs::path batch_file = o_.out_dir / "batch.json";
-    if (fs::exists(batch_file)) {
+    const std::string key_algorithm = o_.mode == Mode::generate ? std::string(hsm::to_string(o_.key_algorithm)) : "";
+    std::error_code ec;
+    if (fs::exists(batch_file, ec)) {
       KL_TRY(std::string text, files::read(batch_file, 1 << 16));
       json j = json::parse(text, nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("batch_id") || !is_batch_id(j["batch_id"]))
@@ -202,16 +215,26 @@ class Pipeline {
                                        " is damaged (it needs a batch_id like b-0123456789ABCDEF); this out dir "
                                        "cannot be resumed: restore the file or use another --out");
       summary_.batch_id = j["batch_id"].get<std::string>();
-      if (j.value("profile", "") != profile_.name || j.value("mode", "") != mode_name_ ||
-          j.value("key_file_suffix", "") != (o_.mode == Mode::generate ? key_suffix_ : ""))
+      // A member that is missing or not a string reads as `fallback`;
+      // key_algorithm is absent from batch.json files of older versions.
+      auto member = [&j](const char* key, const char* fallback) {
+        auto it = j.find(key);
+        return it != j.end() && it->is_string() ? it->get<std::string>() : std::string(fallback);
+      };
+      std::string pinned_algorithm = member("key_algorithm", "");
+      if (member("profile", "") != profile_.name || member("mode", "") != mode_name_ ||
+          member("key_file_suffix", "") != (o_.mode == Mode::generate ? key_suffix_ : "") ||
+          (!pinned_algorithm.empty() && pinned_algorithm != key_algorithm))
         return fail(Domain::usage, "out dir " + o_.out_dir.string() + " holds batch " + summary_.batch_id +
-                                       " made with mode " + j.value("mode", "?") + ", profile " +
-                                       j.value("profile", "?") + ", keys " + j.value("key_file_suffix", "-") +
+                                       " made with mode " + member("mode", "?") + ", profile " +
+                                       member("profile", "?") + ", keys " + member("key_file_suffix", "-") +
+                                       (pinned_algorithm.empty() ? "" : " (" + pinned_algorithm + ")") +
                                        "; resume it with the same options or use another --out");
     } else {
       summary_.batch_id = random_batch_id();
       json j = {{"batch_id", summary_.batch_id}, {"profile", profile_.name}, {"mode", mode_name_},
                 {"key_file_suffix", o_.mode == Mode::generate ? key_suffix_ : ""},
+                {"key_algorithm", key_algorithm},
                 {"created_at", format_utc(clock_.now())}};
       KL_CHECK(files::write_atomic(batch_file, j.dump(2) + "\n", 0644));
     }
@@ -235,6 +258,13 @@ class Pipeline {
   // pending files of certificates that were never committed.
   Status reconcile() {
     KL_TRY(std::uint64_t manifest_lines, repair_jsonl(o_.out_dir / "manifest.jsonl"));
+    KL_TRY(std::uint64_t committed, ledger_->batch_certificate_count(summary_.batch_id));
+    if (manifest_lines > committed)
+      return fail(Domain::state, "manifest.jsonl in " + o_.out_dir.string() + " lists " +
+                                     std::to_string(manifest_lines) + " certificates but the ledger " +
+                                     ledger_path_.string() + " holds " + std::to_string(committed) + " for batch " +
+                                     summary_.batch_id + "; this out dir was made with another ledger (or the ledger "
+                                     "was restored from an older backup): use the matching --state or another --out");
     KL_CHECK(manifest_.open(o_.out_dir / "manifest.jsonl", false));
     KL_CHECK(rejected_.open(o_.out_dir / "rejected.jsonl", true));
     KL_CHECK(ledger_->for_each_batch_certificate(
@@ -246,16 +276,26 @@ class Pipeline {
           std::string key_file, key_sha;
           if (o_.mode == Mode::generate) {
             key_file = r.registration_id + key_suffix_;
-            if (!fs::exists(o_.out_dir / key_file, ec)) {
-              std::string pending = pending_key_name(r.registration_id, r.serial, key_suffix_);
-              if (!fs::exists(o_.out_dir / pending, ec))
+            // The pending file named after this certificate's serial is its
+            // key; a REGID key file already there may be an earlier
+            // certificate's (revoked since), so the pending one replaces it.
+            std::string pending = pending_key_name(r.registration_id, r.serial, key_suffix_);
+            if (fs::exists(o_.out_dir / pending, ec)) {
+              KL_CHECK(out_.rename(pending, key_file));
+            } else if (!fs::exists(o_.out_dir / key_file, ec)) {
+              if (r.status == "active")
                 return fail(Domain::state, "the key file for " + r.registration_id + " (certificate " + r.serial +
                                                ") is missing from " + o_.out_dir.string() +
-                                               "; revoke that certificate and issue it again with --reissue");
-              KL_CHECK(out_.rename(pending, key_file));
+                                               "; restore it from a backup, or revoke that certificate ('keyline ca "
+                                               "revoke --serial " + r.serial + "') and run the batch again: it then lists the "
+                                               "revoked certificate without a key and issues " + r.registration_id +
+                                               " a new one");
+              key_file.clear();  // revoked since: listed without a key
             }
-            KL_TRY(std::string kb, files::read(o_.out_dir / key_file, 1 << 20));
-            key_sha = sha256_hex(ByteView(reinterpret_cast<const unsigned char*>(kb.data()), kb.size()));
+            if (!key_file.empty()) {
+              KL_TRY(std::string kb, files::read(o_.out_dir / key_file, 1 << 20));
+              key_sha = sha256_hex(ByteView(reinterpret_cast<const unsigned char*>(kb.data()), kb.size()));
+            }
           }
           manifest_.add(manifest_line(r.registration_id, r.serial, r.cert_sha256, r.pubkey_sha256, r.not_after,
                                       key_file, key_sha));

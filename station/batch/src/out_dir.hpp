@@ -39,7 +39,10 @@ struct OutDir {
     dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0) return fail(Domain::io, "cannot open --out " + files::errno_text(dir, errno));
     lock_fd = ::open((dir / ".keyline-batch.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    if (lock_fd < 0)
+      return fail(Domain::io, "cannot create the batch lock " + files::errno_text(dir / ".keyline-batch.lock", errno) +
+                                  " (--out must be writable)");
+    if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
       return fail(Domain::state, "another 'keyline ca batch' is writing to " + dir.string() + "; wait for it to finish");
     return {};
   }
@@ -108,7 +111,10 @@ class JsonlFile {
   ~JsonlFile() {
     if (fd_ >= 0) ::close(fd_);
   }
-  void add(const nlohmann::json& j) { add(j.dump()); }
+  // Names and reasons may hold bytes that are not UTF-8 (a Latin-1 file
+  // name, an ID file in another encoding): they are written as U+FFFD, not
+  // refused, so a bad input is reported instead of stopping the batch.
+  void add(const nlohmann::json& j) { add(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)); }
   void add(const std::string& line) {
     buffer_ += line;
     buffer_ += '\n';

@@ -4,11 +4,24 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <filesystem>
 
 #include "keyline/ca/csr_policy.hpp"
 
 namespace keyline::station::batch::detail {
+
+namespace {
+
+// An input that cannot be read is rejected (gone, unreadable, a folder); a
+// station out of file descriptors or memory stops the batch instead of
+// rejecting every input after it.
+Error read_failure(const Options& o, const std::string& name, int err) {
+  Domain d = err == EMFILE || err == ENFILE || err == ENOMEM || err == ENOBUFS ? Domain::io : Domain::input;
+  return Error(d, "cannot read " + files::errno_text(o.csr_dir / name, err));
+}
+
+}  // namespace
 
 Result<std::string> read_input(int dir_fd, const Options& o, const std::string& name) {
   // Without O_NOATIME the first read of each CSR dirties its inode, and the
@@ -21,7 +34,7 @@ Result<std::string> read_input(int dir_fd, const Options& o, const std::string& 
     if (fd < 0 && errno == EPERM) noatime = false;
   }
   if (fd < 0 && !noatime.load(std::memory_order_relaxed)) fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, errno));
+  if (fd < 0) return std::unexpected(read_failure(o, name, errno));
   thread_local std::array<char, ca::kMaxCsrBytes + 1> buf;
   std::size_t got = 0;
   for (;;) {
@@ -31,7 +44,7 @@ Result<std::string> read_input(int dir_fd, const Options& o, const std::string& 
     if (n < 0) {
       int err = errno;
       ::close(fd);
-      return fail(Domain::input, "cannot read " + files::errno_text(o.csr_dir / name, err));
+      return std::unexpected(read_failure(o, name, err));
     }
     got += static_cast<std::size_t>(n);
     // A short read of a regular file is its end.

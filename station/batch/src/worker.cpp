@@ -48,7 +48,7 @@ Result<std::string> KeyWrapper::wrap(const SecretString& pem) const {
 std::optional<Outcome> Worker::prior(const std::string& input, const std::string& id, const Bytes* key) {
   if (!resuming) return std::nullopt;
   auto ref = reader->active_ref(id, profile.name);
-  if (!ref) return Rejected{input, ref.error().message()};
+  if (!ref) return Fatal{ref.error().with_context("looking up " + id + " in the ledger")};
   if (!*ref) return std::nullopt;
   if ((*ref)->batch_id == batch_id) {
     if (!key || (*ref)->pubkey_sha256 == sha256_hex(*key)) return AlreadyDone{};
@@ -62,7 +62,7 @@ std::optional<Outcome> Worker::prior(const std::string& input, const std::string
 Outcome Worker::process(const Item& item) {
   if (item.generate_id) return generate(item);
   auto payload = read_input(input_dir_fd, o, item.input);
-  if (!payload) return Rejected{item.input, payload.error().message()};
+  if (!payload) return issue_failure(item.input, payload.error());
   std::optional<ca::AcceptedCsr> accepted = ca::accept_simple_csr(*payload, profile);
   if (!accepted) {  // not the simple case: the full parser decides and explains
     auto csr = ca::parse_csr(*payload, item.input);

@@ -105,6 +105,13 @@ class Authority {
   // for its own public key, valid for 30 days.
   Result<X509Ptr> verification_certificate(std::string_view code) const;
 
+  // Station faults, not a request's: the issuer certificate is unexpired at
+  // `now` and has a subjectKeyIdentifier; the profile's own subject and
+  // hardware module OID encode. Domain::state. issue() checks the issuer
+  // itself; a batch checks both once before it starts.
+  Status check_issuer(TimePoint now) const;
+  Status check_profile(const Profile& profile) const;
+
   const X509& issuer() const noexcept { return *issuer_; }
   const std::vector<X509Ptr>& chain() const noexcept { return chain_; }
   const hsm::Signer& signer() const noexcept { return *signer_; }
