@@ -3,7 +3,9 @@
 // `keyline dps sync`; reads (show, list, registration) go to DPS directly.
 
 #include <chrono>
+#include <cstdlib>
 #include <iomanip>
+#include <string_view>
 #include <thread>
 
 #include "app.hpp"
@@ -66,6 +68,70 @@ Result<std::unique_ptr<sd::DpsClient>> open_client(const Context& ctx, const sta
 
 sd::EnrollmentKind kind_of(bool group) { return group ? sd::EnrollmentKind::group : sd::EnrollmentKind::individual; }
 
+// A member that is a JSON string, or `fallback`: DPS answers and --from files
+// are not trusted to have the expected shape.
+std::string string_member(const json& j, const char* key, const std::string& fallback = {}) {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
+// Webhook URLs: an Azure Functions key travels in the query (`?code=KEY`),
+// credentials may travel as user info (`https://user:pass@host/`).
+bool url_has_query(std::string_view url) { return url.find('?') != std::string_view::npos; }
+bool url_has_user_info(std::string_view url) {
+  std::size_t host = url.find("://");
+  host = host == std::string_view::npos ? 0 : host + 3;
+  std::string_view authority = url.substr(host, url.substr(host).find_first_of("/?#"));
+  return authority.find('@') != std::string_view::npos;
+}
+
+// A webhook URL as it may be printed: no query string, no user info.
+std::string printable_url(const std::string& url) {
+  std::string out = url.substr(0, url.find('?'));
+  if (out.size() < url.size()) out += std::string("?") + SecretString::redacted();
+  std::size_t host = out.find("://");
+  host = host == std::string::npos ? 0 : host + 3;
+  std::size_t end = out.find_first_of("/#", host);
+  std::size_t at = out.substr(host, end == std::string::npos ? std::string::npos : end - host).rfind('@');
+  if (at != std::string::npos) out.replace(host, at, SecretString::redacted());
+  return out;
+}
+
+// An enrollment as DPS returned it, as it may be printed: symmetric keys
+// emptied (as Enrollment::redacted() does) and the custom allocation webhook
+// without its query string or user info.
+json printable(json doc) {
+  if (!doc.is_object()) return doc;
+  if (auto at = doc.find("attestation"); at != doc.end() && at->is_object() && at->contains("symmetricKey"))
+    (*at)["symmetricKey"] = json::object();
+  if (auto def = doc.find("customAllocationDefinition"); def != doc.end() && def->is_object())
+    if (auto url = def->find("webhookUrl"); url != def->end() && url->is_string())
+      *url = printable_url(url->get<std::string>());
+  return doc;
+}
+
+// --webhook-url: env:VAR or file:PATH (first line) for a URL that carries a
+// secret, or a literal http(s) URL without query string or user info (the
+// command line is visible to every process on the station). A source is
+// resolved now, to refuse a bad one at once, but the outbox keeps the
+// source: the sync resolves it again when it sends, and the ledger never
+// holds the URL. Error messages never show a resolved URL.
+Status check_webhook(const std::string& source) {
+  if (source.starts_with("env:") || source.starts_with("file:")) {
+    auto url = sd::resolve_webhook_source(source);
+    if (!url) return std::unexpected(url.error().with_context("--webhook-url"));
+    return {};
+  }
+  if (!sd::is_http_url(source))
+    return fail(Domain::usage, "--webhook-url must be env:VAR, file:PATH or an http(s) URL without query string");
+  if (url_has_query(source) || url_has_user_info(source))
+    return fail(Domain::usage, "--webhook-url: a URL with a query string or user info (such as an Azure Functions "
+                               "key in ?code=) is a secret and is not taken on the command line; pass it as "
+                               "--webhook-url env:VAR or --webhook-url file:PATH");
+  return {};
+}
+
 Status apply_common(sd::Enrollment& e, const EnrollmentArgs& a) {
   if (!a.allocation_policy.empty()) {
     if (a.allocation_policy != "hashed" && a.allocation_policy != "geoLatency" && a.allocation_policy != "static" &&
@@ -73,7 +139,14 @@ Status apply_common(sd::Enrollment& e, const EnrollmentArgs& a) {
       return fail(Domain::usage, "--allocation-policy must be hashed, geoLatency, static or custom");
     if (a.allocation_policy == "custom" && a.webhook.empty())
       return fail(Domain::usage, "--allocation-policy custom needs --webhook-url");
-    e.allocation_policy(a.allocation_policy, a.webhook);
+    if (a.allocation_policy != "custom" && !a.webhook.empty())
+      return fail(Domain::usage, "--webhook-url is only for --allocation-policy custom");
+    if (!a.webhook.empty()) KL_CHECK(check_webhook(a.webhook));
+    bool by_source = a.webhook.starts_with("env:") || a.webhook.starts_with("file:");
+    e.allocation_policy(a.allocation_policy, by_source ? std::string() : a.webhook);
+    if (by_source) e.webhook_source(a.webhook);
+  } else if (!a.webhook.empty()) {
+    return fail(Domain::usage, "--webhook-url needs --allocation-policy custom");
   }
   if (!a.hubs.empty()) e.iot_hubs(a.hubs);
   if (!a.initial_twin.empty()) {
@@ -97,8 +170,14 @@ Status queue(const Context& ctx, const std::string& kind, const std::string& op,
   station::audit::Trail trail(ledger, actor, ctx.clock());
   station::Outbox outbox(ledger);
   outbox.set_recorder(audit_recorder(trail));
+  std::string text;
+  try {
+    text = payload.dump();
+  } catch (const json::exception&) {  // strings from the command line or a file that are not UTF-8
+    return fail(Domain::input, "the " + kind + " enrollment holds text that is not valid UTF-8");
+  }
   KL_TRY(auto tx, ledger.begin());
-  KL_TRY(std::int64_t row, outbox.enqueue(kind, op, id, payload.dump(), ctx.clock().now().time_since_epoch().count()));
+  KL_TRY(std::int64_t row, outbox.enqueue(kind, op, id, text, ctx.clock().now().time_since_epoch().count()));
   KL_CHECK(tx.commit());
   ctx.print({{"queued", {{"id", row}, {"kind", kind}, {"operation", op}, {"registration_id", id}}}},
             [&](std::ostream& os) {
@@ -156,15 +235,36 @@ Status groups_from_file(const Context& ctx, const EnrollmentArgs& a) {
     return fail(Domain::input, "--from " + a.from + ": expected an EnrollmentGroup object or a non-empty array of them");
   for (std::size_t i = 0; i < doc.size(); ++i) {
     const json& g = doc[i];
-    if (!g.is_object() || !g.contains("enrollmentGroupId") || !g["enrollmentGroupId"].is_string() ||
-        !g.contains("attestation"))
-      return fail(Domain::input, "--from " + a.from + ": item " + std::to_string(i) +
-                                     " needs enrollmentGroupId (string) and attestation");
-    const json& sym = g["attestation"].value("symmetricKey", json::object());
-    if (sym.is_object() && (sym.contains("primaryKey") || sym.contains("secondaryKey")))
-      return fail(Domain::input, "--from " + a.from + ": item " + std::to_string(i) +
-                                     " carries a symmetric key; keys never enter the ledger -- create that group with "
-                                     "--symmetric-key-source file:PATH|hsm:LABEL instead");
+    const std::string where = "--from " + a.from + ": item " + std::to_string(i);
+    if (!g.is_object()) return fail(Domain::input, where + " is not a JSON object");
+    if (auto idm = g.find("enrollmentGroupId"); idm == g.end() || !idm->is_string())
+      return fail(Domain::input, where + ": enrollmentGroupId must be a string");
+    auto at = g.find("attestation");
+    if (at == g.end() || !at->is_object()) return fail(Domain::input, where + ": attestation must be a JSON object");
+    if (auto type = at->find("type"); type == at->end() || !type->is_string())
+      return fail(Domain::input, where + ": attestation.type must be a string");
+    if (auto sym = at->find("symmetricKey"); sym != at->end()) {
+      if (!sym->is_object()) return fail(Domain::input, where + ": attestation.symmetricKey must be a JSON object");
+      if (sym->contains("primaryKey") || sym->contains("secondaryKey"))
+        return fail(Domain::input, where + " carries a symmetric key; keys never enter the ledger -- create that group "
+                                           "with --symmetric-key-source file:PATH|hsm:LABEL instead");
+      if (auto src = sym->find("keySource"); src != sym->end()) {
+        const std::string s = src->is_string() ? src->get<std::string>() : std::string();
+        if (!s.starts_with("hsm:") && !s.starts_with("file:"))
+          return fail(Domain::input, where + ": attestation.symmetricKey.keySource must be hsm:LABEL or file:PATH");
+      }
+    }
+    if (auto def = g.find("customAllocationDefinition"); def != g.end()) {
+      if (!def->is_object()) return fail(Domain::input, where + ": customAllocationDefinition must be a JSON object");
+      if (auto url = def->find("webhookUrl"); url != def->end()) {
+        if (!url->is_string())
+          return fail(Domain::input, where + ": customAllocationDefinition.webhookUrl must be a string");
+        if (url_has_query(url->get<std::string>()) || url_has_user_info(url->get<std::string>()))
+          return fail(Domain::input, where + ": customAllocationDefinition.webhookUrl carries a query string or "
+                                             "user info (a secret such as an Azure Functions key); create that group "
+                                             "by NAME with --allocation-policy custom --webhook-url env:VAR|file:PATH");
+      }
+    }
     auto gid = ca::RegistrationId::parse(g["enrollmentGroupId"].get<std::string>());
     if (!gid) return std::unexpected(gid.error().with_context("--from " + a.from + ": item " + std::to_string(i)));
   }
@@ -206,7 +306,7 @@ Status show(const Context& ctx, bool group, const std::string& id) {
   KL_TRY(auto config, ctx.state().load_config());
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto e, client->get(kind_of(group), id));
-  json doc = e.redacted();
+  json doc = printable(e.redacted());
   doc["etag"] = e.etag();
   std::cout << doc.dump(2) << "\n";
   return {};
@@ -216,13 +316,19 @@ Status list(const Context& ctx, bool group) {
   KL_TRY(auto config, ctx.state().load_config());
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto all, client->query_all(kind_of(group)));
+  json items = json::array();
+  for (auto& e : all) items.push_back(printable(std::move(e)));
   if (ctx.json()) {
-    std::cout << json{{group ? "enrollment_groups" : "enrollments", all}}.dump(2) << "\n";
+    std::cout << json{{group ? "enrollment_groups" : "enrollments", items}}.dump(2) << "\n";
     return {};
   }
-  for (auto& e : all)
-    std::cout << e.value(group ? "enrollmentGroupId" : "registrationId", "") << "  "
-              << e["attestation"].value("type", "") << "  " << e.value("provisioningStatus", "enabled") << "\n";
+  for (const json& e : items) {
+    const json none = json::object();
+    auto at = e.is_object() ? e.find("attestation") : e.end();
+    std::cout << string_member(e, group ? "enrollmentGroupId" : "registrationId") << "  "
+              << string_member(at != e.end() ? *at : none, "type") << "  "
+              << string_member(e, "provisioningStatus", "enabled") << "\n";
+  }
   std::cout << all.size() << (group ? " enrollment group(s)\n" : " enrollment(s)\n");
   return {};
 }
@@ -308,7 +414,10 @@ void add_dps_commands(CLI::App& app, Handler& run) {
   auto a = std::make_shared<EnrollmentArgs>();
   auto common = [a](CLI::App* c) {
     c->add_option("--allocation-policy", a->allocation_policy, "hashed | geoLatency | static | custom");
-    c->add_option("--webhook-url", a->webhook, "Custom allocation webhook (with --allocation-policy custom)");
+    c->add_option("--webhook-url", a->webhook,
+                  "Custom allocation webhook (with --allocation-policy custom): env:VAR or file:PATH holding the URL "
+                  "(needed when it carries a query string such as ?code=KEY), or an http(s) URL without query "
+                  "string; a source is checked now and resolved again by dps sync (the ledger keeps the source)");
     c->add_option("--iot-hub", a->hubs, "An IoT hub host name (repeatable)");
     c->add_option("--initial-twin", a->initial_twin, "JSON file with the initial twin");
     c->add_flag("--edge", a->edge, "The device is an IoT Edge device");

@@ -90,6 +90,10 @@ Enrollment& Enrollment::allocation_policy(const std::string& policy, const std::
   if (!url.empty()) doc_["customAllocationDefinition"] = {{"webhookUrl", url}, {"apiVersion", ver}};
   return *this;
 }
+Enrollment& Enrollment::webhook_source(const std::string& source, const std::string& ver) {
+  doc_["customAllocationDefinition"] = {{"webhookUrlSource", source}, {"apiVersion", ver}};
+  return *this;
+}
 Enrollment& Enrollment::initial_twin(const Json& twin) { doc_["initialTwin"] = twin; return *this; }
 Enrollment& Enrollment::iot_edge(bool edge) { doc_["capabilities"] = {{"iotEdge", edge}}; return *this; }
 Enrollment& Enrollment::provisioning_status(bool enabled) {

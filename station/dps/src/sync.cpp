@@ -63,6 +63,46 @@ Result<KeyPair> resolve_key_source(const std::string& source, const std::string&
   return fail(Domain::usage, "symmetric key source '" + source + "' must be hsm:LABEL or file:PATH");
 }
 
+bool is_http_url(std::string_view url) {
+  std::string_view rest;
+  if (url.starts_with("https://")) rest = url.substr(8);
+  else if (url.starts_with("http://")) rest = url.substr(7);
+  else return false;
+  if (rest.empty() || rest.front() == '/' || rest.front() == '?' || rest.front() == '#') return false;
+  for (char c : url)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+Result<std::string> resolve_webhook_source(const std::string& source) {
+  std::string url;
+  if (source.starts_with("env:")) {
+    std::string var = source.substr(4);
+    if (var.empty()) return fail(Domain::usage, "webhook URL source env:VAR needs the variable's name");
+    const char* v = std::getenv(var.c_str());
+    if (!v || !*v)
+      return fail(Domain::input, "webhook URL source " + source + ": environment variable " + var +
+                                     " is not set (set it for every keyline command that queues or syncs, or use "
+                                     "file:PATH)");
+    url = v;
+  } else if (source.starts_with("file:")) {
+    std::string path = source.substr(5);
+    if (path.empty()) return fail(Domain::usage, "webhook URL source file:PATH needs a path");
+    auto text = files::read(path, 4096);
+    if (!text) return std::unexpected(text.error().with_context("webhook URL source"));
+    SecretString t(std::move(*text));
+    std::string_view first(t.reveal());
+    first = first.substr(0, first.find('\n'));
+    while (!first.empty() && (first.back() == '\r' || first.back() == ' ' || first.back() == '\t'))
+      first.remove_suffix(1);
+    url = std::string(first);
+  } else {
+    return fail(Domain::usage, "webhook URL source '" + source + "' must be env:VAR or file:PATH");
+  }
+  if (!is_http_url(url)) return fail(Domain::input, "webhook URL source " + source + " does not hold an http(s) URL");
+  return url;
+}
+
 json with_key_source(json enrollment, const std::string& source) {
   enrollment["attestation"] = {{"type", "symmetricKey"}, {"symmetricKey", {{"keySource", source}}}};
   return enrollment;
@@ -80,6 +120,14 @@ Result<json> EnrollmentSync::materialise(const OutboxRow& row) {
     sk = k;
   } else if (doc["attestation"].is_null()) {
     doc.erase("attestation");
+  }
+  if (auto def = doc.find("customAllocationDefinition"); def != doc.end() && def->is_object()) {
+    if (auto src = def->find("webhookUrlSource"); src != def->end() && src->is_string()) {
+      auto url = resolve_webhook_source(src->get<std::string>());
+      if (!url) return std::unexpected(url.error().with_context("outbox row " + std::to_string(row.id)));
+      (*def)["webhookUrl"] = *url;
+      def->erase("webhookUrlSource");
+    }
   }
   return doc;
 }

@@ -46,6 +46,9 @@ class Enrollment {
   // "hashed" | "geoLatency" | "static" | "custom" (custom needs a webhook).
   Enrollment& allocation_policy(const std::string& policy, const std::string& webhook_url = {},
                                 const std::string& api_version = "2021-10-01");
+  // A custom allocation webhook named by its source (env:VAR or file:PATH),
+  // resolved when the outbox sends (see resolve_webhook_source).
+  Enrollment& webhook_source(const std::string& source, const std::string& api_version = "2021-10-01");
   Enrollment& initial_twin(const nlohmann::json& twin);
   Enrollment& iot_edge(bool edge);
   Enrollment& provisioning_status(bool enabled);

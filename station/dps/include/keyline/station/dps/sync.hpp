@@ -23,6 +23,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -45,6 +46,14 @@ struct KeyPair {
   SecretString secondary;
 };
 Result<KeyPair> resolve_key_source(const std::string& source, const std::string& id, hsm::KeyStore* key_store);
+
+// A custom allocation webhook's URL from its source: env:VAR or file:PATH
+// (the first line). Such URLs carry a secret (an Azure Functions key in
+// ?code=), so the outbox stores the source ("webhookUrlSource" in
+// customAllocationDefinition) and the sync resolves it when it sends. The
+// value must be an http(s) URL; errors name the source, never the URL.
+Result<std::string> resolve_webhook_source(const std::string& source);
+bool is_http_url(std::string_view url);
 
 // Payload helpers: a symmetric-key enrollment that names its key source.
 nlohmann::json with_key_source(nlohmann::json enrollment, const std::string& source);
