@@ -1,8 +1,15 @@
 // The audit trail through the keyline binary: the records each state-changing
 // command leaves, operator identity, fail-closed behaviour, secrets, and a
 // tamper table over exports and the ledger itself.
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <sstream>
 
@@ -244,9 +251,90 @@ TEST(AuditRecords, TheTrailIsAppendOnlyInTheDatabase) {
   EXPECT_THROW(db.exec("DELETE FROM audit_events WHERE seq=1"), std::runtime_error);
 }
 
+// Something that must never appear in the trail or an export.
+struct Needle {
+  std::string what;  // for the failure message (the secret itself is not printed)
+  std::string text;
+};
+
+// A private key file (PEM) as needles: its secret number as raw bytes and as
+// hex, and every run of at least 16 base64 characters, within one PEM line,
+// that encodes nothing but bytes of that number. (The PKCS#8 header in front
+// of the number is the same in every key of the kind and proves nothing.)
+std::vector<Needle> private_key_needles(const fs::path& file) {
+  const std::string pem = tk::read_file(file);
+  const std::string name = file.filename().string();
+  std::vector<Needle> out;
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (!key) {
+    ADD_FAILURE() << name << " is not a readable private key";
+    return out;
+  }
+  Bytes secret;
+  std::size_t raw_len = 0;
+  if (EVP_PKEY_get_raw_private_key(key.get(), nullptr, &raw_len) == 1 && raw_len > 0) {
+    secret.resize(raw_len);  // Ed25519 and the like
+    EVP_PKEY_get_raw_private_key(key.get(), secret.data(), &raw_len);
+  } else {
+    BIGNUM* bn = nullptr;
+    if (EVP_PKEY_get_bn_param(key.get(), OSSL_PKEY_PARAM_PRIV_KEY, &bn) != 1 &&
+        EVP_PKEY_get_bn_param(key.get(), OSSL_PKEY_PARAM_RSA_D, &bn) != 1) {
+      ADD_FAILURE() << name << ": no private number found";
+      return out;
+    }
+    BignumPtr owned(bn);
+    secret.resize(static_cast<std::size_t>(BN_num_bytes(bn)));
+    BN_bn2bin(bn, secret.data());
+  }
+  ERR_clear_error();
+  std::string hex = to_hex(secret);
+  std::string lower = hex;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  out.push_back({name + " (raw)", std::string(secret.begin(), secret.end())});
+  out.push_back({name + " (hex)", hex});
+  out.push_back({name + " (lower-case hex)", lower});
+
+  // Where the number sits in the DER, and which base64 characters of the
+  // body encode only bytes of it (4 characters per 3 bytes).
+  std::vector<std::string> lines;
+  {
+    std::istringstream in(pem);
+    for (std::string l; std::getline(in, l);)
+      if (!l.empty() && !l.starts_with("-----")) lines.push_back(l);
+  }
+  std::string body;
+  for (auto& l : lines) body += l;
+  auto der = base64_decode(body);
+  if (!der) {
+    ADD_FAILURE() << name << ": the PEM body is not base64";
+    return out;
+  }
+  auto at = std::search(der->begin(), der->end(), secret.begin(), secret.end());
+  if (at == der->end()) {
+    ADD_FAILURE() << name << ": the private number is not in the DER";
+    return out;
+  }
+  const auto off = static_cast<std::size_t>(at - der->begin());
+  const std::size_t first_char = (off + 2) / 3 * 4;
+  const std::size_t end_char = (off + secret.size()) / 3 * 4;
+  std::size_t line_start = 0, chunks = 0;
+  for (auto& l : lines) {
+    const std::size_t lo = std::max(first_char, line_start), hi = std::min(end_char, line_start + l.size());
+    if (hi >= lo + 16) {
+      out.push_back({name + " (PEM base64)", l.substr(lo - line_start, hi - lo)});
+      ++chunks;
+    }
+    line_start += l.size();
+  }
+  EXPECT_GT(chunks, 0u) << name;
+  return out;
+}
+
 TEST(AuditRecords, SecretsNeverEnterTheTrailOrExports) {
   tk::TempDir tmp;
-  tk::SoftHsm hsm;
+  // A PIN that cannot turn up by chance in hashes, serials or timestamps.
+  tk::SoftHsm hsm("LINE1", "pin-Audit-7Qx2");
   fs::path state = make_ca(tmp);
   issue(state, tmp.path(), "dev-s");
   // A DPS group key imported into the HSM, with the token PIN from a file.
@@ -266,15 +354,19 @@ TEST(AuditRecords, SecretsNeverEnterTheTrailOrExports) {
   }
   for (auto f : {"a.jsonl", "a.csv", "a.jsonl.manifest.json", "a.csv.manifest.json"})
     haystacks.push_back(tk::read_file(tmp / f));
-  std::vector<std::string> needles = {group_key, "factory-group-key-for-audit-tests", hsm.pin()};
+  std::vector<Needle> needles = {{"the group key (base64)", group_key},
+                                 {"the group key", "factory-group-key-for-audit-tests"},
+                                 {"the token PIN", hsm.pin()}};
+  std::size_t key_files = 0;
   for (auto& e : fs::directory_iterator(state / "keys")) {
-    std::string pem = tk::read_file(e.path());
-    auto b = pem.find('\n');
-    needles.push_back(pem.substr(b + 1, 48));  // the key's base64 body
+    if (!e.path().filename().string().ends_with(".key.pem")) continue;
+    ++key_files;
+    for (auto& n : private_key_needles(e.path())) needles.push_back(std::move(n));
   }
+  EXPECT_GT(key_files, 0u) << "the CA keys are files in the development key store";
   for (auto& hay : haystacks)
-    for (auto& n : needles) EXPECT_EQ(hay.find(n), std::string::npos) << "secret '" << n.substr(0, 8) << "…' leaked";
-  // The PIN is "1234"-like: also make sure no record mentions pin values at all.
+    for (auto& n : needles) EXPECT_EQ(hay.find(n.text), std::string::npos) << n.what << " leaked";
+  // Nor does any record mention PIN values at all.
   for (auto& hay : haystacks) EXPECT_EQ(hay.find("pin-value"), std::string::npos);
 }
 

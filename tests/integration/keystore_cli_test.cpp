@@ -68,7 +68,8 @@ void expect_issue_verifies(const fs::path& state, const fs::path& dir) {
 }
 
 TEST(KeyStoreCli, Pkcs11CaEndToEndAndAMissingTokenIsNamed) {
-  testkit::SoftHsm hsm;
+  // A PIN that cannot turn up by chance in the output (temp paths, serials).
+  testkit::SoftHsm hsm("LINE1", "pin-KeyStore-4Rw9");
   testkit::TempDir dir;
   auto state = dir / "state";
   auto init = testkit::keyline(state, {"ca", "init", "--key-store", hsm.uri()}, kEnv);

@@ -1,10 +1,10 @@
 // A deterministic fuzz driver for the frame decoder (runs under g++ and the
 // sanitizers in every test run; the libFuzzer target fuzz_frame_decoder
 // explores further). Random bytes, mutated valid frames and valid frames
-// interleaved with garbage, for about two seconds.
+// interleaved with garbage, for a fixed number of rounds from a fixed seed: the
+// same inputs on every machine, however fast.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <random>
 
 #include "keyline/protocol/frame.hpp"
@@ -41,13 +41,13 @@ void decode_payloads(const Frame& f) {
 
 }  // namespace
 
-TEST(FrameDecoderDrive, RandomAndMutatedInputForTwoSeconds) {
+TEST(FrameDecoderDrive, RandomAndMutatedInput) {
+  constexpr std::uint64_t kRounds = 20000;
   std::mt19937_64 rng(20261126);
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   std::uint64_t rounds = 0, recovered = 0, planted = 0;
   FrameDecoder d;
   std::vector<Decoded> out;
-  while (std::chrono::steady_clock::now() < until) {
+  while (rounds < kRounds) {
     ++rounds;
     std::vector<std::uint8_t> stream;
     // Garbage (no zeros, so it cannot fake a delimiter mid-way), a mutated
@@ -102,6 +102,5 @@ TEST(FrameDecoderDrive, RandomAndMutatedInputForTwoSeconds) {
   }
   // Every clean frame after garbage and a damaged frame is recovered: its
   // leading delimiter ends whatever came before it.
-  EXPECT_GT(rounds, 100u);
   EXPECT_EQ(recovered, planted) << "rounds " << rounds;
 }

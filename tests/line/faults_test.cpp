@@ -81,7 +81,7 @@ TEST(DeviceFaults, GarbageBeforeAFrameIsSkipped) {
   ASSERT_TRUE(link);
   Bytes noise = {0x13, 0x37, 0x00, 0xFF, 0x42, 0x99, 0x01};
   ASSERT_TRUE(link->get()->send(noise));
-  DeviceSession s(**link, line_test::fast_options());
+  DeviceSession s(**link, line_test::clean_options());
   auto info = s.info();
   ASSERT_TRUE(info) << info.error().message();
   EXPECT_EQ(s.stats().retries, 0u);
@@ -113,13 +113,13 @@ TEST(DeviceFaults, SlowKeygenTimesOut) {
   o.keygen_timeout = std::chrono::milliseconds(250);
   o.max_attempts = 2;
   DeviceSession s(**link, o);
-  const auto t0 = std::chrono::steady_clock::now();
+  // The device answers only after 1500 ms: had the 250 ms timeout not fired,
+  // KEYGEN would have succeeded. The error and the one retry prove it, with no
+  // wall-clock bound that a loaded machine could miss.
   auto csr = s.keygen("slow-device");
-  const auto took = std::chrono::steady_clock::now() - t0;
   ASSERT_FALSE(csr);
   EXPECT_TRUE(has_code(csr.error(), SessionErrc::timeout)) << csr.error().message();
   EXPECT_NE(csr.error().message().find("did not answer KEYGEN"), std::string::npos);
-  EXPECT_LT(took, std::chrono::milliseconds(1400));
   EXPECT_EQ(s.stats().retries, 1u);
 }
 

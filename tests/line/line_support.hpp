@@ -5,6 +5,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include <chrono>
 #include <string>
 
 #include "keyline/core/openssl.hpp"
@@ -22,6 +23,17 @@ inline keyline::station::provision::SessionOptions fast_options() {
   o.timeout = std::chrono::milliseconds(300);
   o.keygen_timeout = std::chrono::milliseconds(3000);
   o.max_attempts = 8;
+  return o;
+}
+
+// Timeouts far beyond any reply time, even under the sanitizers on a loaded
+// machine: for tests on a clean link that assert no request was retried
+// (with fast_options() a slow reply there would count as a retry).
+inline keyline::station::provision::SessionOptions clean_options() {
+  keyline::station::provision::SessionOptions o;
+  o.timeout = std::chrono::seconds(10);
+  o.keygen_timeout = std::chrono::seconds(10);
+  o.max_attempts = 4;
   return o;
 }
 

@@ -26,7 +26,7 @@ TEST(DeviceSessionPty, EveryMessage) {
   auto sim = Devsim::pty(state, {"--serial-number", "SN-0042", "--model", "widget"});
   auto link = link::SerialLink::open(sim.port());
   ASSERT_TRUE(link) << link.error().message();
-  DeviceSession s(**link, line_test::fast_options());
+  DeviceSession s(**link, line_test::clean_options());  // a clean link: no retries expected
 
   auto info = s.info();
   ASSERT_TRUE(info) << info.error().message();
