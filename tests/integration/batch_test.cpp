@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <random>
@@ -46,6 +47,15 @@ std::vector<json> read_jsonl(const fs::path& p) {
   std::string line;
   while (std::getline(in, line)) out.push_back(json::parse(line));
   return out;
+}
+
+// Whole lines in a file (0 when it does not exist yet).
+std::size_t manifest_lines(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::size_t n = 0;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) n += static_cast<std::size_t>(std::count(buf, buf + in.gcount(), '\n'));
+  return n;
 }
 
 long long sql_count(const fs::path& ledger, const std::string& where) {
@@ -421,15 +431,29 @@ TEST(BatchSlow, SurvivesSigkillAtRandomPointsExactlyOnce) {
   auto out = dir / "out";
   std::vector<std::string> argv{testkit::bin("keyline").string(), "--state", state.string(), "ca", "batch",
                                 "--csr-dir", csrs.string(), "--out", out.string(), "--jobs", "2"};
+  // Each kill lands inside the batch: once the out dir is open and a random
+  // share of what is left is in the manifest (none: before the first
+  // commit), plus a random few milliseconds into the next group.
+  int killed_midway = 0;
   for (unsigned seed : {11u, 23u, 37u, 51u}) {
     std::mt19937 rng(seed);
-    int delay_ms = std::uniform_int_distribution<int>(20, 400)(rng);
+    std::size_t before = manifest_lines(out / "manifest.jsonl");
+    std::size_t target = before + std::uniform_int_distribution<std::size_t>(0, (n - before) / 3)(rng);
+    int extra_ms = std::uniform_int_distribution<int>(0, 40)(rng);
     testkit::Child child(argv, kQuiet);
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline &&
+           (!fs::exists(out / "batch.json") || manifest_lines(out / "manifest.jsonl") < target))
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(extra_ms));
     child.signal(SIGKILL);
     int code = child.wait();
     EXPECT_TRUE(code == 128 + SIGKILL || code == 0) << "seed " << seed << " exit " << code;
+    if (code == 128 + SIGKILL && manifest_lines(out / "manifest.jsonl") < static_cast<std::size_t>(n)) ++killed_midway;
   }
+  // Otherwise this would only test a plain run. (A late kill may find the
+  // batch done: the last group can hold all that was left.)
+  EXPECT_GE(killed_midway, 2);
   auto final_run = testkit::run(argv, kQuiet);
   ASSERT_EQ(final_run.exit_code, 0) << final_run.err;
   expect_exactly_once(state, out, ids);
@@ -444,16 +468,22 @@ TEST(BatchSlow, CtrlCFinishesInFlightItemsAndTheSameCommandCompletes) {
                                 "--generate", "--count", "3000", "--id-template", "sn-{seq:05}", "--plain-keys",
                                 "--out", out.string(), "--jobs", "2"};
   testkit::Child child(argv, kQuiet);
-  // Interrupt once the batch is running (start-up is slow under sanitizers).
-  for (int i = 0; i < 200 && !fs::exists(out / "batch.json"); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Interrupt once the batch has committed its first group (start-up is
+  // slow under sanitizers): 3,000 keys take several groups.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && manifest_lines(out / "manifest.jsonl") == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   child.signal(SIGINT);
   int code = child.wait();
   EXPECT_TRUE(code == 8 || code == 0) << code;  // 0 only if it finished before the signal
   // What is there is consistent already (no reconcile needed for an orderly stop).
   auto manifest = read_jsonl(out / "manifest.jsonl");
+  EXPECT_GT(manifest.size(), 0u);
+  if (code == 8) {
+    EXPECT_LT(manifest.size(), 3000u);
+  }
   EXPECT_EQ(sql_count(state / "ledger.db", "1=1"), static_cast<long long>(manifest.size()));
+  for (auto& e : fs::directory_iterator(out)) EXPECT_FALSE(e.path().string().ends_with(".pending")) << e.path();
   auto done = testkit::run(argv, kQuiet);
   ASSERT_EQ(done.exit_code, 0) << done.err;
   std::set<std::string> ids;
