@@ -1,6 +1,8 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "keyline/station/ledger.hpp"
@@ -220,6 +222,34 @@ TEST(Ledger, MigratesFromEveryEarlierVersionKeepingData) {
       EXPECT_EQ(l->counts_by_status()->at("active"), 1);
     }
   }
+}
+
+// Two processes that open an old ledger at once (a command and dps sync
+// after an upgrade): each migration runs once, and both open it.
+TEST(Ledger, ConcurrentOpensOfAnOldLedgerMigrateItOnce) {
+  testkit::TempDir dir;
+  ASSERT_TRUE(Ledger::create_at_version(dir / "l.db", 3));
+  std::vector<Result<Ledger>> opened;
+  opened.reserve(4);
+  for (int i = 0; i < 4; ++i) opened.push_back(std::unexpected(Error(Domain::internal, "not run")));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { opened[i] = Ledger::open(dir / "l.db"); });
+  for (auto& t : threads) t.join();
+  for (auto& l : opened) {
+    ASSERT_TRUE(l) << l.error().message();
+    EXPECT_EQ(l->schema_version(), Ledger::kSchemaVersion);
+  }
+}
+
+TEST(Ledger, AuditCheckpointsAreAppendOnly) {
+  testkit::TempDir dir;
+  auto l = *Ledger::create(dir / "l.db");
+  ASSERT_TRUE(l.exec("INSERT INTO audit_checkpoints (seq, hash, time, key, signature) VALUES "
+                     "(1, 'h', '2026-01-01T00:00:00Z', 'k', x'00')"));
+  auto del = l.exec("DELETE FROM audit_checkpoints");
+  ASSERT_FALSE(del);
+  EXPECT_NE(del.error().message().find("append-only"), std::string::npos) << del.error().message();
+  EXPECT_FALSE(l.exec("UPDATE audit_checkpoints SET seq = 2"));
 }
 
 TEST(Ledger, RefusesNewerCorruptAndForeignFiles) {

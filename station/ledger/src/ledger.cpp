@@ -203,6 +203,15 @@ constexpr const char* kMigrations[] = {
     DROP INDEX certificates_not_active;
     CREATE INDEX certificates_not_active ON certificates (status, registration_id) WHERE status != 'active';
     )sql",
+    // 9: signed audit checkpoints are append-only, like the records they
+    // sign: a deleted checkpoint would leave the records after the one
+    // before it covered by no signature.
+    R"sql(
+    CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+      BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+      BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    )sql",
 };
 static_assert(std::size(kMigrations) == Ledger::kSchemaVersion);
 
@@ -377,9 +386,15 @@ int Ledger::schema_version() const {
   return sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
 }
 
+// One migration per transaction. The version is read again inside it: two
+// processes that open an old ledger at once both see it old, and the one
+// that waited for the lock finds the migration already done.
 Status Ledger::migrate(int target) {
-  for (int v = schema_version(); v < target; ++v) {
+  while (schema_version() < target) {
     KL_TRY(Transaction tx, begin());
+    int v = schema_version();
+    if (v < 0) return std::unexpected(sqlite_error("reading the schema version"));
+    if (v >= target) return tx.commit();
     KL_CHECK(exec(kMigrations[v]));
     KL_CHECK(exec(("PRAGMA user_version=" + std::to_string(v + 1)).c_str()));
     KL_CHECK(tx.commit());

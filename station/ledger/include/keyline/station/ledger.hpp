@@ -77,7 +77,7 @@ struct CrlRecord {
 
 class Ledger {
  public:
-  static constexpr int kSchemaVersion = 8;
+  static constexpr int kSchemaVersion = 9;
 
   // Creates a new ledger file (refuses an existing one) at the current schema.
   static Result<Ledger> create(const std::filesystem::path& path);
