@@ -121,14 +121,14 @@ Result<Pkcs11Uri> Pkcs11Uri::parse(std::string_view text) {
       if (ec != std::errc{} || end != value.data() + value.size() || value.empty())
         return fail(Domain::usage, "PKCS#11 URI slot-id '" + value + "' is not a decimal number");
       uri.slot_id_ = n;
+    } else if (name == "x-session-copy") {  // before the other x- attributes, which are ignored
+      if (value != "yes" && value != "no")
+        return fail(Domain::usage, "PKCS#11 URI x-session-copy must be yes or no, not '" + value + "'");
+      uri.session_copy_ = value == "yes";
     } else if (name == "type" || name == "slot-description" || name == "slot-manufacturer" ||
                name == "library-manufacturer" || name == "library-description" || name == "library-version" ||
                name.starts_with("x-")) {
       // Accepted, not used for matching.
-    } else if (name == "x-session-copy") {
-      if (value != "yes" && value != "no")
-        return fail(Domain::usage, "PKCS#11 URI x-session-copy must be yes or no, not '" + value + "'");
-      uri.session_copy_ = value == "yes";
     } else if (name == "pin-value") {
       return fail(Domain::usage, std::string(kPinValueRefused));
     } else if (name == "pin-source" || name == "module-path") {

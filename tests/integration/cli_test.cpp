@@ -75,6 +75,28 @@ TEST(CaInit, RefusesANonEmptyDirectoryWithoutALedger) {
   EXPECT_EQ(tree(state), std::set<std::string>{"notes.txt"});
 }
 
+// The station ID names the station in keyline.toml and in the audit
+// certificate: one that would break either is refused before any key exists.
+TEST(CaInit, StationIdIsCheckedBeforeAnyKeyIsMade) {
+  tk::TempDir tmp;
+  for (const std::string& bad : std::vector<std::string>{"Plant 3, Line 1", "line \"A\"", " padded", "", std::string(65, 'x'), "caf\xe9"}) {
+    fs::path state = tmp / "bad";
+    tk::RunResult r = kl(state, {"ca", "init", "--station-id", bad});
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << describe(r);
+    EXPECT_TRUE(contains(r.err, "--station-id")) << r.err;
+    EXPECT_FALSE(fs::exists(state)) << bad;
+  }
+  tk::RunResult comma = kl(tmp / "bad", {"ca", "init", "--station-id", "Plant 3, Line 1"});
+  EXPECT_TRUE(contains(comma.err, "character ',' at position 8")) << comma.err;
+  // Allowed characters, and the state works afterwards (its keyline.toml parses).
+  fs::path state = tmp / "good";
+  tk::RunResult ok = kl(state, {"ca", "init", "--station-id", "Plant 3 Line-1:a_b.c"});
+  ASSERT_EQ(ok.exit_code, 0) << describe(ok);
+  tk::RunResult status = kl(state, {"--json", "ca", "show"});
+  ASSERT_EQ(status.exit_code, 0) << describe(status);
+  EXPECT_TRUE(contains(tk::read_file(state / "keyline.toml"), "id = \"Plant 3 Line-1:a_b.c\"\n"));
+}
+
 // ================================================================ 2. the leaf profile
 
 TEST(CaIssue, P256LeafVerifiesAndHasTheDocumentedExtensions) {

@@ -6,6 +6,7 @@
 
 #include "keyline/core/hex.hpp"
 #include "keyline/hsm/key_store.hpp"
+#include "keyline/hsm/pkcs11_uri.hpp"
 #include "keyline/testkit/testkit.hpp"
 
 namespace keyline::hsm {
@@ -115,6 +116,23 @@ TEST(FileKeyStore, KeyFilesAreOwnerOnly) {
   EXPECT_EQ(perms & (std::filesystem::perms::group_all | std::filesystem::perms::others_all),
             std::filesystem::perms::none);
   EXPECT_TRUE((*store)->is_development());
+}
+
+// x-session-copy is honoured in the path part too (RFC 7512 puts vendor
+// attributes in either part); other x- attributes are accepted and ignored.
+TEST(Pkcs11UriParse, SessionCopyInThePathIsHonoured) {
+  auto in_path = Pkcs11Uri::parse("pkcs11:token=T;x-session-copy=no;x-other=1?module-path=/m.so");
+  ASSERT_TRUE(in_path) << in_path.error().message();
+  EXPECT_FALSE(in_path->session_copy());
+  auto in_query = Pkcs11Uri::parse("pkcs11:token=T?module-path=/m.so&x-session-copy=no");
+  ASSERT_TRUE(in_query) << in_query.error().message();
+  EXPECT_FALSE(in_query->session_copy());
+  auto by_default = Pkcs11Uri::parse("pkcs11:token=T?module-path=/m.so");
+  ASSERT_TRUE(by_default);
+  EXPECT_TRUE(by_default->session_copy());
+  auto bad = Pkcs11Uri::parse("pkcs11:token=T;x-session-copy=maybe?module-path=/m.so");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("yes or no"), std::string::npos);
 }
 
 }  // namespace

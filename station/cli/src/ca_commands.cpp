@@ -118,6 +118,7 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
   KL_CHECK(hsm::validate_label(o.root_key));
   KL_CHECK(hsm::validate_label(o.intermediate_key));
   KL_CHECK(hsm::validate_label(o.audit_key));
+  KL_CHECK(station::validate_station_id(o.station_id));
   KL_TRY(std::string operator_name, ctx.operator_name(true));
   if (!o.import_intermediate.empty() && o.root_pem.empty())
     return fail(Domain::usage, "--import-intermediate needs --root ROOT.pem (the root that signed it)");
@@ -485,6 +486,7 @@ Status ca_crl(const Context& ctx, const std::string& out, int days) {
   KL_TRY(X509CrlPtr crl, opened.authority->crl(number, entries, std::chrono::days(days)));
   unsigned char* der_p = nullptr;
   int n = i2d_X509_CRL(crl.get(), &der_p);
+  if (n <= 0) return std::unexpected(openssl_error(Domain::openssl, "encoding CRL " + std::to_string(number)));
   Bytes der(der_p, der_p + n);
   OPENSSL_free(der_p);
   std::int64_t now = seconds(ctx.clock().now());
@@ -564,7 +566,8 @@ void add_ca_commands(CLI::App& app, Handler& run) {
   init->add_option("--import-intermediate", init_o->import_intermediate,
                    "PEM intermediate certificate signed elsewhere for the key store's key");
   init->add_option("--root", init_o->root_pem, "PEM root certificate that signed --import-intermediate");
-  init->add_option("--station-id", init_o->station_id, "Station identifier recorded in the ledger")->capture_default_str();
+  init->add_option("--station-id", init_o->station_id, "Station identifier recorded in the ledger and in the audit certificate's name: letters, digits, "
+                   "space, . _ : - (1 to 64)")->capture_default_str();
   init->add_option("--root-key", init_o->root_key, "Label of the root key in the key store")->capture_default_str();
   init->add_option("--intermediate-key", init_o->intermediate_key, "Label of the intermediate key")->capture_default_str();
   init->add_option("--audit-key", init_o->audit_key, "Label of the audit signing key")->capture_default_str();

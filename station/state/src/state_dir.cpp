@@ -1,5 +1,8 @@
 #include "keyline/station/state_dir.hpp"
 
+#include <cctype>
+#include <cstdio>
+
 #include <toml++/toml.h>
 
 #include "keyline/core/files.hpp"
@@ -163,16 +166,58 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
   return c;
 }
 
+Status validate_station_id(std::string_view id) {
+  if (id.empty() || id.size() > 64) return fail(Domain::usage, "--station-id must be 1 to 64 characters long");
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(id[i]);
+    bool ok = std::isalnum(c) || c == ' ' || c == '.' || c == '_' || c == ':' || c == '-';
+    if (!ok) {
+      char shown[8];
+      std::snprintf(shown, sizeof shown, c >= 0x21 && c < 0x7f ? "'%c'" : "0x%02X", c);
+      return fail(Domain::usage, "--station-id: character " + std::string(shown) + " at position " +
+                                     std::to_string(i + 1) +
+                                     " is not allowed (it names the station in the ledger and in the audit "
+                                     "certificate); use letters, digits, space and . _ : -");
+    }
+  }
+  if (id.front() == ' ' || id.back() == ' ')
+    return fail(Domain::usage, "--station-id must not begin or end with a space");
+  return {};
+}
+
+namespace {
+
+// A TOML basic string: quotes, backslashes and control characters escaped.
+std::string toml_string(std::string_view v) {
+  std::string out = "\"";
+  for (char ch : v) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c == 0x7f) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\u%04X", c);
+      out += esc;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
 std::string default_config_toml(const CaConfig& ca, const std::string& station_id) {
   return "# Keyline station configuration. Written by 'keyline ca init'; edit freely.\n"
          "# Flags override KEYLINE_* environment variables, which override this file.\n\n"
          "[station]\n"
-         "id = \"" + station_id + "\"\n\n"
+         "id = " + toml_string(station_id) + "\n\n"
          "[ca]\n"
          "# Where the CA private keys live. file: is for development only.\n"
-         "key_store = \"" + ca.key_store + "\"\n"
-         "root_key = \"" + ca.root_key + "\"\n"
-         "intermediate_key = \"" + ca.intermediate_key + "\"\n\n"
+         "key_store = " + toml_string(ca.key_store) + "\n"
+         "root_key = " + toml_string(ca.root_key) + "\n"
+         "intermediate_key = " + toml_string(ca.intermediate_key) + "\n\n"
          "[audit]\n"
          "# Every state-changing command records who ran it: --operator NAME,\n"
          "# KEYLINE_OPERATOR, or this default.\n"

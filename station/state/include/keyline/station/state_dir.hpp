@@ -79,6 +79,10 @@ struct Config {
 
 // Parses keyline.toml text. Unknown top-level tables are errors naming them.
 Result<Config> parse_config(std::string_view text, std::string_view source);
+// A station ID as `ca init --station-id` takes it: 1 to 64 letters, digits,
+// spaces (not at either end) and . _ : - -- it is written into keyline.toml
+// and into the audit certificate's subject name.
+Status validate_station_id(std::string_view id);
 // The commented keyline.toml that `ca init` writes.
 std::string default_config_toml(const CaConfig& ca, const std::string& station_id);
 
