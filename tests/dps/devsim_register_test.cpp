@@ -73,6 +73,7 @@ class DevsimRegisters : public ::testing::Test {
       fs::path chain = dir_ / (id + ".chain.pem");
       auto r = keyline({"ca", "issue", "--csr", csr_file.string(), "--chain", "--out", chain.string()});
       ASSERT_EQ(r.exit_code, 0) << describe(r);
+      expect_chain_verifies(chain);
       auto w = s.write(proto::Slot::cert_chain, view(tk::read_file(chain)));
       ASSERT_TRUE(w) << w.error().message();
     }
@@ -80,6 +81,22 @@ class DevsimRegisters : public ::testing::Test {
     auto w = s.write(proto::Slot::dps_settings, proto::encode_dps_settings(dps));
     ASSERT_TRUE(w) << w.error().message();
     EXPECT_EQ(sim.stop(), 0) << sim.stderr_text();
+  }
+
+  // Independent check with openssl: the issued chain (leaf first) verifies
+  // against the station's root.
+  void expect_chain_verifies(const fs::path& chain) {
+    std::string pem = tk::read_file(chain);
+    const std::string end_marker = "-----END CERTIFICATE-----";
+    auto end = pem.find(end_marker);
+    ASSERT_NE(end, std::string::npos) << pem;
+    fs::path leaf = chain;
+    leaf.replace_extension(".leaf.pem");
+    tk::write_file(leaf, pem.substr(0, end + end_marker.size()) + "\n");
+    auto v = tk::run({"/usr/bin/openssl", "verify", "-x509_strict", "-CAfile", (station() / "root.pem").string(),
+                      "-untrusted", chain.string(), leaf.string()});
+    EXPECT_EQ(v.exit_code, 0) << describe(v);
+    EXPECT_NE(v.out.find(": OK"), std::string::npos) << describe(v);
   }
 
   tk::RunResult register_device(const std::string& id) {

@@ -136,6 +136,13 @@ TEST(KeyStoreCli, TpmDiesMidBatchThenTheSameCommandCompletes) {
   EXPECT_EQ(rows(state / "ledger.db") - 1, n);
   EXPECT_EQ(lines(out / "manifest.jsonl"), static_cast<std::size_t>(n));
   EXPECT_EQ(cert_files(out), static_cast<std::size_t>(n));
+  // Independent check with openssl of the batch's output, against its own
+  // chain.pem: the first and last device of the batch.
+  for (const std::string& id : std::vector<std::string>{"tpm-dev-0", "tpm-dev-" + std::to_string(n - 1)}) {
+    auto v = testkit::run({"/usr/bin/openssl", "verify", "-x509_strict", "-CAfile", (state / "root.pem").string(),
+                           "-untrusted", (out / "chain.pem").string(), (out / (id + ".pem")).string()});
+    EXPECT_EQ(v.exit_code, 0) << id << ": " << v.out << v.err;
+  }
 }
 
 }  // namespace

@@ -12,6 +12,29 @@ using namespace prov_test;
 using keyline::testkit::Devsim;
 using keyline::testkit::TempDir;
 
+namespace {
+
+// The certificate chain a device holds verifies with openssl against the
+// station's root, with strict X.509 checks.
+void expect_line_device_chain_verifies(const fs::path& work, const fs::path& state, const fs::path& device_state) {
+  auto shown = show(device_state);
+  ASSERT_TRUE(shown["slots"].contains("cert-chain")) << shown.dump();
+  std::string chain = shown["slots"]["cert-chain"];
+  const std::string end_marker = "-----END CERTIFICATE-----";
+  auto end = chain.find(end_marker);
+  ASSERT_NE(end, std::string::npos) << chain;
+  fs::path leaf = work / (device_state.stem().string() + "-leaf.pem");
+  fs::path rest = work / (device_state.stem().string() + "-chain.pem");
+  keyline::testkit::write_file(leaf, chain.substr(0, end + end_marker.size()) + "\n");
+  keyline::testkit::write_file(rest, chain);
+  auto v = keyline::testkit::run({"/usr/bin/openssl", "verify", "-x509_strict", "-CAfile", (state / "root.pem").string(),
+                                  "-untrusted", rest.string(), leaf.string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  EXPECT_NE(v.out.find(": OK"), std::string::npos) << v.out;
+}
+
+}  // namespace
+
 TEST(LineRun, ThreeDevicesOnThreePortsInMixedModes) {
   TempDir dir;
   auto state = dir / "state";
@@ -33,6 +56,8 @@ TEST(LineRun, ThreeDevicesOnThreePortsInMixedModes) {
   EXPECT_EQ(scalar(state, "SELECT count(*) FROM certificates"), "2");
   EXPECT_TRUE(show(dir / "a.json")["locked"].get<bool>());
   EXPECT_TRUE(show(dir / "b.json")["locked"].get<bool>());
+  // Independent check of an issued certificate: the X.509 device's chain.
+  expect_line_device_chain_verifies(dir.path(), state, dir / "a.json");
   // The device report shows each certificate's DPS enrollment, queued by the line.
   auto rep = keyline::testkit::keyline(state, {"report", "devices", "--format", "jsonl"}, kEnv);
   ASSERT_EQ(rep.exit_code, 0) << rep.err;
@@ -68,18 +93,21 @@ TEST(LineRun, CtrlCFinishesTheStepInFlightAndTheDeviceResumes) {
   std::vector<std::string> argv{keyline::testkit::bin("keyline").string(), "--state", state.string(), "line", "run",
                                 "--port", sim.port()};
   keyline::testkit::Child line(argv, kEnv);
-  // Wait until the job is past INFO (so KEYGEN is in flight), then interrupt.
+  // Wait until KEYGEN is in flight: the line has recorded INFO and the
+  // device has received KEYGEN and is in its 1.5 s key generation. A signal
+  // before KEYGEN was sent would stop the job before it, and there would be
+  // no KEYGEN step to finish.
+  bool info_done = false;
   bool in_keygen = false;
-  for (int i = 0; i < 300 && !in_keygen; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    in_keygen = scalar(state, "SELECT count(*) FROM provisioning_steps WHERE step = 'info' AND outcome = 'ok'") == "1";
+  for (int i = 0; i < 1500 && !in_keygen; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!info_done)
+      info_done =
+          scalar(state, "SELECT count(*) FROM provisioning_steps WHERE step = 'info' AND outcome = 'ok'") == "1";
+    in_keygen = info_done && sim.stderr_text().find("KEYGEN received") != std::string::npos;
   }
-  ASSERT_TRUE(in_keygen) << "the line never recorded the device's INFO step";
-  // INFO is recorded just before KEYGEN is sent; the device takes 1.5 s to
-  // answer it, so a short wait puts the signal inside KEYGEN even on a
-  // loaded machine (a signal before KEYGEN was sent would stop the job
-  // before it, and there would be no KEYGEN step to finish).
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(info_done) << "the line never recorded the device's INFO step";
+  ASSERT_TRUE(in_keygen) << "the device never started its KEYGEN";
   line.signal(SIGINT);
   EXPECT_EQ(line.wait(), 8);
   EXPECT_EQ(scalar(state, "SELECT outcome FROM provisioning_steps WHERE step = 'keygen'"), "ok");

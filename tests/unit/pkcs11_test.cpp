@@ -543,8 +543,37 @@ TEST(Pkcs11Credentials, SecretComesFromFileThenEnvironment) {
   EXPECT_EQ(scheme.error().domain(), Domain::usage);
 }
 
+// Points stdin at /dev/null for its lifetime, so a check that needs "no
+// terminal" holds however the tests are started (from a shell or from CI).
+class StdinFromDevNull {
+ public:
+  StdinFromDevNull() {
+    saved_ = ::dup(STDIN_FILENO);  // -1 when stdin was closed
+    int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    EXPECT_GE(null, 0) << "cannot open /dev/null";
+    if (null >= 0 && null != STDIN_FILENO) {
+      EXPECT_EQ(::dup2(null, STDIN_FILENO), STDIN_FILENO);
+      ::close(null);
+    }
+  }
+  ~StdinFromDevNull() {
+    if (saved_ >= 0) {
+      ::dup2(saved_, STDIN_FILENO);
+      ::close(saved_);
+    } else {
+      ::close(STDIN_FILENO);
+    }
+  }
+  StdinFromDevNull(const StdinFromDevNull&) = delete;
+  StdinFromDevNull& operator=(const StdinFromDevNull&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
 TEST(Pkcs11Credentials, WithoutASourceOrTerminalTheErrorSaysWhatToDo) {
-  if (::isatty(STDIN_FILENO)) GTEST_SKIP() << "stdin is a terminal: the prompt would be used";
+  StdinFromDevNull no_terminal;
+  ASSERT_FALSE(::isatty(STDIN_FILENO));
   auto none = resolve_secret("", "KEYLINE_TEST_UNSET_VARIABLE", "PIN: ");
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error().domain(), Domain::keystore);

@@ -27,5 +27,20 @@ TEST(UsbProvision, ADeviceOnUsbIsProvisionedAndLocked) {
   EXPECT_EQ(doc["certificate_serial"].get<std::string>().size(), 32u);
   auto shown = keyline::testkit::run(
       {keyline::testkit::bin("keyline-devsim").string(), "--state", (dir / "usb.json").string(), "--show"});
-  EXPECT_TRUE(nlohmann::json::parse(shown.out)["locked"].get<bool>()) << shown.out;
+  auto device = nlohmann::json::parse(shown.out);
+  EXPECT_TRUE(device["locked"].get<bool>()) << shown.out;
+
+  // Independent check: the chain the device received verifies with openssl
+  // against the station's root (leaf first, then the intermediate).
+  ASSERT_TRUE(device["slots"].contains("cert-chain")) << shown.out;
+  std::string chain = device["slots"]["cert-chain"];
+  const std::string end_marker = "-----END CERTIFICATE-----";
+  auto end = chain.find(end_marker);
+  ASSERT_NE(end, std::string::npos) << chain;
+  keyline::testkit::write_file(dir / "leaf.pem", chain.substr(0, end + end_marker.size()) + "\n");
+  keyline::testkit::write_file(dir / "chain.pem", chain);
+  auto v = keyline::testkit::run({"/usr/bin/openssl", "verify", "-x509_strict", "-CAfile", (state / "root.pem").string(),
+                                  "-untrusted", (dir / "chain.pem").string(), (dir / "leaf.pem").string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  EXPECT_NE(v.out.find(": OK"), std::string::npos) << v.out;
 }
