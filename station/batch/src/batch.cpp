@@ -146,13 +146,19 @@ class Pipeline {
     write(true);  // what is left, in one last group
     report();
     if (writer_status_) writer_status_ = rejected_.flush();
-    if (writer_status_) writer_status_ = record_outcome();
+    if (writer_status_) writer_status_ = record_outcome(nullptr);
     // Pending files of a failed group are removed by the next run's reconcile.
-    if (!writer_status_) return std::unexpected(writer_status_.error());
+    if (!writer_status_) {
+      // The trail says how the run ended even then, if the ledger still
+      // takes a record (it may be what failed).
+      (void)rejected_.flush();
+      (void)record_outcome(&writer_status_.error());
+      return std::unexpected(writer_status_.error());
+    }
     if (pipeline_error_) return std::unexpected(*pipeline_error_);
     progress_.seconds = std::chrono::duration<double>(SteadyClock::now() - started_).count();
     summary_.progress = progress_;
-    summary_.interrupted = stop_.load();
+    summary_.interrupted = interrupted();
     return summary_;
   }
 
@@ -536,18 +542,23 @@ class Pipeline {
     return true;
   }
 
+  // Stopped before every input was taken: a stop that comes after the
+  // source ran dry changes nothing (all inputs were finished anyway).
+  bool interrupted() { return stop_.load() && !source_.exhausted(); }
+
   // The run's outcome closes its part of the trail. A run stopped by an
-  // unreadable input folder is interrupted too (what was signed before is
-  // committed); the body says why.
-  Status record_outcome() {
+  // unreadable input folder, or by the writer's own failure (`failure`), is
+  // interrupted too (what was signed before is committed); the body says why.
+  Status record_outcome(const Error* failure) {
     KL_TRY(auto tx, ledger_->begin());
     nlohmann::json body = {{"batch", summary_.batch_id},
                            {"issued", progress_.issued},
                            {"already_done", progress_.already_done},
                            {"rejected", progress_.rejected}};
-    if (pipeline_error_) body["error"] = pipeline_error_->message();
-    KL_TRY(auto rec,
-           trail_->append(stop_.load() || pipeline_error_ ? "batch.interrupted" : "batch.finished", body));
+    if (failure) body["error"] = failure->message();
+    else if (pipeline_error_) body["error"] = pipeline_error_->message();
+    KL_TRY(auto rec, trail_->append(interrupted() || pipeline_error_ || failure ? "batch.interrupted" : "batch.finished",
+                                    body));
     (void)rec;
     if (o_.on_commit) KL_CHECK(o_.on_commit(*trail_));
     return tx.commit();

@@ -48,6 +48,12 @@ class Source {
 
   int dir_fd() const { return dir_ ? ::dirfd(dir_) : -1; }
 
+  // Every input has been handed out.
+  bool exhausted() {
+    std::lock_guard lock(mu_);
+    return done_;
+  }
+
   // Up to `n` more items; none when the source is exhausted or `stop` is set.
   Result<std::vector<Item>> next(std::size_t n, const std::atomic<bool>& stop) {
     std::vector<Item> items;
