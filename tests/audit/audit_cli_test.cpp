@@ -119,10 +119,12 @@ using Types = std::vector<std::string>;
 TEST(AuditRecords, EachStateChangingCommandLeavesExactlyItsRecords) {
   tk::TempDir tmp;
   fs::path state = make_ca(tmp);
-  EXPECT_EQ(types(state), (Types{"keystore.opened", "ca.created", "audit.key_created", "config.written"}));
+  EXPECT_EQ(types(state),
+            (Types{"keystore.opened", "ca.created", "audit.key_created", "config.written", "audit.checkpoint"}));
   {
     Db db(state / "ledger.db");
-    EXPECT_EQ(db.rows("SELECT COUNT(*) FROM audit_checkpoints")[0][0], "1") << "ca init signs the new trail";
+    EXPECT_EQ(db.rows("SELECT seq FROM audit_checkpoints")[0][0], "5")
+        << "ca init signs the new trail, its checkpoint record included";
     for (auto& r : db.rows("SELECT operator, station FROM audit_events"))
       EXPECT_EQ(r, (std::vector<std::string>{"test-operator", "audit-station"}));
   }
@@ -507,7 +509,7 @@ TEST_P(AuditLedgerTamper, LedgerVerificationNamesTheBrokenRecord) {
   tk::TempDir tmp;
   fs::path state = make_ca(tmp);
   for (int i = 0; i < 3; ++i) issue(state, tmp.path(), "led-" + std::to_string(i));
-  ASSERT_EQ(kl(state, {"audit", "export", "--out", (tmp / "x.jsonl").string()}).exit_code, 0);  // checkpoint at 10
+  ASSERT_EQ(kl(state, {"audit", "export", "--out", (tmp / "x.jsonl").string()}).exit_code, 0);  // checkpoint at 11
   issue(state, tmp.path(), "led-late");
   ASSERT_EQ(kl(state, {"audit", "verify", "--ledger"}).exit_code, 0);
   {
@@ -534,14 +536,14 @@ TEST_P(AuditLedgerTamper, LedgerVerificationNamesTheBrokenRecord) {
 INSTANTIATE_TEST_SUITE_P(
     Table, AuditLedgerTamper,
     testing::Values(
-        LedgerTamper{"EditField", "UPDATE audit_events SET body=replace(body, 'led-1', 'led-9') WHERE seq=8",
-                     "record 8 (ledger) was modified"},
+        LedgerTamper{"EditField", "UPDATE audit_events SET body=replace(body, 'led-1', 'led-9') WHERE seq=9",
+                     "record 9 (ledger) was modified"},
         LedgerTamper{"DeleteRow", "DELETE FROM audit_events WHERE seq=6", "record 6 is missing or out of place"},
         LedgerTamper{"SwapRows",
-                     "UPDATE audit_events SET body=(SELECT body FROM audit_events WHERE seq=6) WHERE seq=8",
-                     "record 8 (ledger) was modified"},
+                     "UPDATE audit_events SET body=(SELECT body FROM audit_events WHERE seq=7) WHERE seq=9",
+                     "record 9 (ledger) was modified"},
         LedgerTamper{"TruncateTail", "DELETE FROM audit_events WHERE seq >= 9", "records after 8 are missing"},
-        LedgerTamper{"ConsistentRewrite", "", "differs from the checkpoint signed at record 4"}),
+        LedgerTamper{"ConsistentRewrite", "", "differs from the checkpoint signed at record 5"}),
     [](const testing::TestParamInfo<LedgerTamper>& i) { return i.param.name; });
 
 TEST(AuditExport, RangesAndTheDeviceReport) {

@@ -125,5 +125,34 @@ TEST(AuditFormat, TrailHeadFollowsCommitsAndRollbacks) {
   EXPECT_EQ(n, 4);
 }
 
+TEST(AuditFormat, Utf8CheckRefusesWhatTheCanonicalFormWouldTurnIntoReplacementCharacters) {
+  for (std::string ok : {std::string(""), std::string("plain"), std::string("Zo\xc3\xab"), std::string("\xe5\xb7\xa5"),
+                         std::string("\xef\xbf\xbd"), std::string("\xf0\x9f\x94\x91"), std::string("\xf4\x8f\xbf\xbf")})
+    EXPECT_TRUE(valid_utf8(ok)) << ok;
+  for (std::string bad : {std::string("caf\xe9"), std::string("\xc0\xaf"), std::string("\xe0\x80\xaf"),
+                          std::string("\xed\xa0\x80"), std::string("\xf4\x90\x80\x80"), std::string("\xf8\x88\x80\x80\x80"),
+                          std::string("\xe2\x82"), std::string("\x80"), std::string("\xff")})
+    EXPECT_FALSE(valid_utf8(bad)) << to_hex(ByteView(reinterpret_cast<const unsigned char*>(bad.data()), bad.size()));
+  // Different invalid bytes have one canonical form: why they are refused.
+  Record a = sample(), b = sample();
+  a.operator_name = "op\xff";
+  b.operator_name = "op\xfe";
+  EXPECT_EQ(canonical_record(a), canonical_record(b));
+}
+
+TEST(AuditFormat, TrailRefusesAnOperatorThatIsNotUtf8) {
+  testkit::TempDir tmp;
+  auto ledger = Ledger::create(tmp / "l.db");
+  ASSERT_TRUE(ledger) << ledger.error().message();
+  SystemClock clock;
+  Trail trail(*ledger, {"line-1", "op\xff"}, clock);
+  auto tx = ledger->begin();
+  ASSERT_TRUE(tx);
+  auto r = trail.append("certificate.issued", {{"serial", "01"}});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().domain(), Domain::usage);
+  EXPECT_NE(r.error().message().find("not valid UTF-8"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace keyline::station::audit

@@ -56,6 +56,32 @@ constexpr const char* kRecordColumns = "seq, time, station, operator, type, body
 
 }  // namespace
 
+bool valid_utf8(std::string_view text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  while (p < end) {
+    unsigned char c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    int n = 0;
+    std::uint32_t cp = 0, min = 0;
+    if (c >= 0xc2 && c <= 0xdf) n = 1, cp = c & 0x1fu, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) n = 2, cp = c & 0x0fu, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) n = 3, cp = c & 0x07u, min = 0x10000;
+    else return false;
+    if (end - p <= n) return false;
+    for (int i = 1; i <= n; ++i) {
+      if ((p[i] & 0xc0) != 0x80) return false;
+      cp = cp << 6 | (p[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    p += n + 1;
+  }
+  return true;
+}
+
 std::string canonical_body(const nlohmann::json& body) {
   return body.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
 }
@@ -176,6 +202,14 @@ Result<Record> Trail::append(std::string_view type, const nlohmann::json& body) 
 Result<Record> Trail::append_canonical(std::string_view type, std::string canonical) {
   if (sqlite3_get_autocommit(ledger_.handle()))
     return fail(Domain::internal, "audit record '" + std::string(type) + "' appended outside a transaction");
+  if (!actor_checked_) {
+    // The canonical form cannot tell invalid bytes apart (they become U+FFFD).
+    if (!valid_utf8(actor_.operator_name))
+      return fail(Domain::usage, "the operator name is not valid UTF-8; nothing was recorded or changed");
+    if (!valid_utf8(actor_.station))
+      return fail(Domain::usage, "the station id is not valid UTF-8; nothing was recorded or changed");
+    actor_checked_ = true;
+  }
   KL_TRY(auto h, head());
   Record r;
   r.seq = h.first + 1;
@@ -212,13 +246,17 @@ Result<Record> Trail::append_canonical(std::string_view type, std::string canoni
 
 Result<std::optional<Checkpoint>> Trail::checkpoint(const hsm::Signer& key, const std::string& key_id,
                                                     std::optional<std::int64_t> seq) {
+  std::optional<Record> rec;
   if (!seq) {
     KL_TRY(auto h, head());
     if (h.first == 0) return std::optional<Checkpoint>{};
-    seq = h.first;
+    // The checkpoint's own record goes into the chain first and is what the
+    // checkpoint signs: a checkpoint deleted later leaves this record behind.
+    KL_TRY(rec, append(kCheckpointRecord, {{"key", key_id}}));
+  } else {
+    KL_TRY(rec, record_at(ledger_, *seq));
+    if (!rec) return fail(Domain::internal, "no audit record " + std::to_string(*seq) + " to checkpoint");
   }
-  KL_TRY(auto rec, record_at(ledger_, *seq));
-  if (!rec) return fail(Domain::internal, "no audit record " + std::to_string(*seq) + " to checkpoint");
   Checkpoint cp;
   cp.seq = rec->seq;
   cp.hash = rec->hash;

@@ -51,7 +51,10 @@ Status audit_verify(const Context& ctx, const VerifyArgs& a) {
     return fail(Domain::usage, "audit verify needs the station's root certificate as trust anchor: " +
                                    anchor.error().message() + " (give --trust-anchor ROOT.pem)");
   audit::VerifyResult r;
+  std::int64_t interval = 0;
   if (a.ledger) {
+    KL_TRY(station::Config config, ctx.state().load_config());
+    interval = config.audit.checkpoint_interval;
     KL_TRY(auto ledger, ctx.state().open_ledger());
     std::vector<std::string> chain;
     for (const fs::path& p : {ctx.state().audit_cert_path(), ctx.state().intermediate_cert_path()}) {
@@ -61,16 +64,25 @@ Status audit_verify(const Context& ctx, const VerifyArgs& a) {
                                        " (create the audit key with 'keyline audit key create')");
       chain.push_back(*text);
     }
-    KL_TRY(r, audit::verify_ledger(ledger, chain, *anchor, ctx.clock()));
+    KL_TRY(r, audit::verify_ledger(ledger, chain, *anchor, ctx.clock(), interval));
   } else {
     KL_TRY(r, audit::verify_export(a.file, *anchor, ctx.clock()));
   }
   json doc = {{"verified", true}, {"source", a.ledger ? ctx.state().ledger_path().string() : a.file},
-              {"records", r.records}, {"first_seq", r.first_seq}, {"last_seq", r.last_seq},
-              {"signed_checkpoints", r.checkpoints}, {"last_hash", r.last_hash}};
+              {"station", r.station}, {"records", r.records}, {"first_seq", r.first_seq},
+              {"last_seq", r.last_seq}, {"signed_checkpoints", r.checkpoints},
+              {"last_signed_seq", r.last_signed_seq}, {"unsigned_records", r.unsigned_records},
+              {"last_hash", r.last_hash}};
+  if (a.ledger) doc["checkpoint_interval"] = interval;
   ctx.print(doc, [&](std::ostream& os) {
     os << "OK: " << r.records << " audit record(s) " << r.first_seq << " to " << r.last_seq << " verified, "
-       << r.checkpoints << " signed checkpoint(s), last hash " << r.last_hash << "\n";
+       << r.checkpoints << " signed checkpoint(s), last hash " << r.last_hash << "\n"
+       << "  signed by the audit key of station " << r.station << "\n";
+    if (r.unsigned_records == 0)
+      os << "  every record is covered by a signed checkpoint\n";
+    else
+      os << "  " << r.unsigned_records << " record(s) after the last signed checkpoint (record " << r.last_signed_seq
+         << ") are covered by no signature yet: only the hash chain protects them until the next checkpoint\n";
   });
   return {};
 }
@@ -90,6 +102,11 @@ Status audit_key_create(const Context& ctx) {
   KL_TRY(auto rec, trail.append("audit.key_created", {{"key", config.audit.key}, {"certificate_sha256", id},
                                                        {"key_store", opened.key_store->uri()}}));
   (void)rec;
+  // The new key signs the trail at once, as ca init does: from here on every
+  // record is signed within the checkpoint interval.
+  KL_TRY(auto signer, opened.key_store->signer(config.audit.key));
+  KL_TRY(auto cp, trail.checkpoint(*signer, id));
+  (void)cp;
   KL_CHECK(tx.commit());
   json doc = {{"key", config.audit.key}, {"certificate", ctx.state().audit_cert_path().string()},
               {"certificate_sha256", id}};

@@ -11,8 +11,14 @@ namespace keyline::cli {
 
 namespace {
 
+// The operator name goes into every record. It must be UTF-8: the canonical
+// form escapes characters, and bytes that are not UTF-8 would all become
+// U+FFFD there, so the stored name could be changed without changing a hash.
 Status check_operator(const std::string& name, const char* source) {
   if (name.size() > 128) return fail(Domain::usage, std::string(source) + ": the operator name is longer than 128 characters");
+  if (!station::audit::valid_utf8(name))
+    return fail(Domain::usage, std::string(source) + ": the operator name is not valid UTF-8 (check the terminal's "
+                                                     "or the file's encoding)");
   for (unsigned char c : name)
     if (c < 0x20 || c == 0x7f)
       return fail(Domain::usage, std::string(source) + ": the operator name contains a control character");

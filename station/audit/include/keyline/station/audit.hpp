@@ -13,7 +13,9 @@
 //   hash(N) = SHA-256(raw hash(N-1) || canonical record N),  hash(0) = 32 zero bytes.
 //
 // Checkpoints sign a (seq, hash) head with the audit key, so a chain that was
-// rebuilt consistently by someone without that key is still detected.
+// rebuilt consistently by someone without that key is still detected. A
+// checkpoint of the head is itself a record ("audit.checkpoint") that the
+// checkpoint signs, so a deleted checkpoint leaves a record naming it.
 // docs/audit.md documents the formats for auditors.
 
 #include <cstdint>
@@ -59,6 +61,14 @@ struct Checkpoint {
   Bytes signature;  // DER signature over SHA-256(checkpoint_message(...))
 };
 
+// The record a checkpoint of the head appends and then signs.
+inline constexpr std::string_view kCheckpointRecord = "audit.checkpoint";
+
+// True when `text` is well-formed UTF-8 (no overlong forms, surrogates or
+// code points above U+10FFFF). The canonical form would turn other bytes into
+// U+FFFD, so names that are not UTF-8 are refused before they are recorded.
+bool valid_utf8(std::string_view text);
+
 inline constexpr std::string_view kGenesisHash =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -90,8 +100,10 @@ class Trail {
   // tests check it against canonical_body.
   Result<Record> append_canonical(std::string_view type, std::string canonical);
 
-  // Signs (seq, hash) of record `seq` (default: the head) and stores the
-  // checkpoint. Nothing to sign (empty trail) gives std::nullopt.
+  // Signs (seq, hash) of record `seq` and stores the checkpoint. Without
+  // `seq`, first appends an "audit.checkpoint" record ({"key": key_id}) and
+  // signs that record, the new head. Nothing to sign (empty trail) gives
+  // std::nullopt.
   Result<std::optional<Checkpoint>> checkpoint(const hsm::Signer& key, const std::string& key_id,
                                                std::optional<std::int64_t> seq = std::nullopt);
   // True when at least `interval` records follow the last checkpoint (cheap:
@@ -104,6 +116,7 @@ class Trail {
   Result<std::pair<std::int64_t, std::string>> head();
   Ledger& ledger_;
   Actor actor_;
+  bool actor_checked_ = false;
   const Clock& clock_;
   sqlite3_stmt* head_ = nullptr;
   sqlite3_stmt* insert_ = nullptr;

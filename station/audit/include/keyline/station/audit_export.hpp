@@ -47,17 +47,30 @@ struct VerifyResult {
   std::int64_t first_seq = 0;
   std::int64_t last_seq = 0;
   std::size_t checkpoints = 0;  // signed checkpoints checked
+  std::int64_t last_signed_seq = 0;   // the last record a checkpoint signs (0: none)
+  std::int64_t unsigned_records = 0;  // records after it: protected by the chain only
   std::string last_hash;
+  std::string station;  // whose audit key signed
 };
 
 // Checks an export against its manifest and detached signature; the audit
-// certificate chain in the manifest must lead to `trust_anchor_pem`.
+// certificate chain in the manifest must lead to `trust_anchor_pem`, and its
+// first certificate must be the audit certificate of the manifest's station.
+// Every checkpoint the records name ("audit.checkpoint", and the checkpoint
+// of an "audit.exported" record in range) must be in the manifest.
 Result<VerifyResult> verify_export(const std::filesystem::path& records, const std::string& trust_anchor_pem,
                                    const Clock& clock);
 
 // Checks the whole trail in the ledger and its signed checkpoints against
-// the audit certificate chain (audit, intermediate, root).
+// the audit certificate chain (audit certificate, intermediate), which must
+// lead to `trust_anchor_pem`. Beyond the export's checks: the audit
+// certificate is the one an "audit.key_created" record names, with the
+// ledger's station in its subject; a trail made by `ca init` has a signed
+// checkpoint; and no record of a command that checkpoints when due lies
+// `checkpoint_interval` or more records after the last signed checkpoint
+// (0: not checked). docs/audit.md explains the rules.
 Result<VerifyResult> verify_ledger(Ledger& ledger, const std::vector<std::string>& audit_chain_pem,
-                                   const std::string& trust_anchor_pem, const Clock& clock);
+                                   const std::string& trust_anchor_pem, const Clock& clock,
+                                   std::int64_t checkpoint_interval);
 
 }  // namespace keyline::station::audit
