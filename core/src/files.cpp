@@ -120,6 +120,26 @@ Status write_atomic(const fs::path& path, std::string_view data, unsigned mode) 
   return rename_into_place(tmp, path);
 }
 
+Status write_new(const fs::path& path, std::string_view data, unsigned mode) {
+  KL_TRY(fs::path tmp, write_temp(path, data, mode));
+  // link() publishes the complete file under its name, or fails if the name
+  // is taken: two writers cannot both succeed, and neither replaces the other.
+  if (::link(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    if (err == EEXIST) return fail(Domain::io, path.string() + " already exists; it was not replaced", err);
+    return fail(Domain::io, "cannot write " + errno_text(path, err), err);
+  }
+  ::unlink(tmp.c_str());
+  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
 Result<PendingFile> PendingFile::create(const fs::path& path, std::string_view data,
                                         unsigned mode) {
   // Whatever would make the final rename fail is refused now, before the

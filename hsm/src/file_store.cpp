@@ -1,3 +1,4 @@
+#include <cerrno>
 #include "file_store.hpp"
 
 #include <atomic>
@@ -121,7 +122,15 @@ class FileStore final : public KeyStore {
     long n = BIO_get_mem_data(bio.get(), &data);
     SecretString pem(std::string(data, static_cast<std::size_t>(n)));
     OPENSSL_cleanse(data, static_cast<std::size_t>(n));
-    KL_CHECK(files::write_atomic(path, pem.reveal(), 0600));
+    // The exists() check above words the usual refusal; write_new keeps a
+    // key another process created meanwhile from being replaced.
+    auto written = files::write_new(path, pem.reveal(), 0600);
+    if (!written) {
+      if (written.error().native_code() == EEXIST)
+        return fail(Domain::keystore, "key '" + label + "' already exists in " + uri() +
+                                          "; choose another label or remove the old key deliberately");
+      return std::unexpected(written.error());
+    }
     log::get("hsm.file")->warn("generated {} key '{}' as a plain file in {} (development key store)",
                                to_string(algorithm), label, dir_.string());
     return wrap(std::move(key), label);
@@ -157,7 +166,10 @@ class FileStore final : public KeyStore {
     if (std::filesystem::exists(path, ec))
       return fail(Domain::keystore, "secret '" + label + "' already exists in " + uri());
     SecretString text(base64_encode(key.reveal()) + "\n");
-    return files::write_atomic(path, text.reveal(), 0600);
+    auto written = files::write_new(path, text.reveal(), 0600);
+    if (!written && written.error().native_code() == EEXIST)
+      return fail(Domain::keystore, "secret '" + label + "' already exists in " + uri());
+    return written;
   }
 
   Result<std::shared_ptr<SecretKey>> secret(const std::string& label) override {

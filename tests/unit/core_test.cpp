@@ -5,6 +5,7 @@
 #include <set>
 #include <thread>
 
+#include <atomic>
 #include <gtest/gtest.h>
 
 #include "keyline/core/error.hpp"
@@ -124,6 +125,31 @@ TEST(Files, WriteAtomicReplacesWholeFileAndLeavesNoTemp) {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator(dir.path())) (void)e, ++n;
   EXPECT_EQ(n, 1);
+}
+
+// Many writers racing for one name: exactly one wins, whole, and no
+// temp file is left (a key store must never replace a key).
+TEST(Files, WriteNewNeverReplacesEvenUnderARace) {
+  testkit::TempDir dir;
+  auto path = dir / "key.pem";
+  std::atomic<int> won{0}, refused{0};
+  std::vector<std::thread> writers;
+  for (int i = 0; i < 8; ++i)
+    writers.emplace_back([&, i] {
+      auto r = files::write_new(path, "writer-" + std::to_string(i), 0600);
+      if (r) ++won;
+      else if (r.error().native_code() == EEXIST) ++refused;
+    });
+  for (auto& t : writers) t.join();
+  EXPECT_EQ(won.load(), 1);
+  EXPECT_EQ(refused.load(), 7);
+  EXPECT_TRUE(testkit::read_file(path).starts_with("writer-"));
+  int n = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir.path())) (void)e, ++n;
+  EXPECT_EQ(n, 1);
+  auto again = files::write_new(path, "late", 0600);
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message().find("already exists"), std::string::npos);
 }
 
 TEST(Files, PendingFileIsInvisibleUntilPublishedAndRemovedIfAbandoned) {

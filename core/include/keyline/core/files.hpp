@@ -21,6 +21,10 @@ Result<std::string> read(const fs::path& path, std::size_t max_bytes = 64u << 20
 // Either the old content or the new one is visible, never a mix.
 Status write_atomic(const fs::path& path, std::string_view data, unsigned mode = 0644);
 
+// Like write_atomic, but never replaces: fails (Domain::io, EEXIST) when
+// `path` exists, also when another process creates it meanwhile.
+Status write_new(const fs::path& path, std::string_view data, unsigned mode = 0600);
+
 // Writes to a temp file beside `path` and returns its name; publish() renames it.
 // Lets a caller commit something else (a ledger row) between write and rename.
 class PendingFile {
