@@ -120,6 +120,16 @@ Status write_atomic(const fs::path& path, std::string_view data, unsigned mode) 
   return rename_into_place(tmp, path);
 }
 
+Status sync_dir(const fs::path& dir) {
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return fail(Domain::io, "cannot open " + errno_text(dir, errno));
+  int rc = ::fsync(dfd);
+  int err = errno;
+  ::close(dfd);
+  if (rc != 0) return fail(Domain::io, "cannot sync " + errno_text(dir, err), err);
+  return {};
+}
+
 Status write_new(const fs::path& path, std::string_view data, unsigned mode) {
   KL_TRY(fs::path tmp, write_temp(path, data, mode));
   // link() publishes the complete file under its name, or fails if the name

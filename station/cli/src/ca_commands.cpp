@@ -218,6 +218,9 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
   if (::rename(tmp_ledger.c_str(), state.ledger_path().c_str()) != 0)
     return fail(Domain::io, "cannot rename the new ledger into place: " + files::errno_text(state.ledger_path(), errno));
   rollback.track(state.ledger_path());
+  // The rename is what makes the state dir initialised: durable before init
+  // reports success.
+  KL_CHECK(files::sync_dir(dir));
   rollback.keep();
 
   json doc = {{"state_dir", dir.string()},

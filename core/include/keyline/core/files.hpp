@@ -21,6 +21,9 @@ Result<std::string> read(const fs::path& path, std::size_t max_bytes = 64u << 20
 // Either the old content or the new one is visible, never a mix.
 Status write_atomic(const fs::path& path, std::string_view data, unsigned mode = 0644);
 
+// fsync of a directory: makes the renames and creations in it durable.
+Status sync_dir(const fs::path& dir);
+
 // Like write_atomic, but never replaces: fails (Domain::io, EEXIST) when
 // `path` exists, also when another process creates it meanwhile.
 Status write_new(const fs::path& path, std::string_view data, unsigned mode = 0600);
