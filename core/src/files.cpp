@@ -101,12 +101,7 @@ Status rename_into_place(const fs::path& tmp, const fs::path& path) {
     ::unlink(tmp.c_str());
     return fail(Domain::io, "cannot write " + errno_text(path, err), err);
   }
-  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  (void)sync_dir(path.parent_path().empty() ? fs::path(".") : path.parent_path());
   return {};
 }
 
@@ -141,12 +136,7 @@ Status write_new(const fs::path& path, std::string_view data, unsigned mode) {
     return fail(Domain::io, "cannot write " + errno_text(path, err), err);
   }
   ::unlink(tmp.c_str());
-  fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  (void)sync_dir(path.parent_path().empty() ? fs::path(".") : path.parent_path());
   return {};
 }
 

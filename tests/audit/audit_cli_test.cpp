@@ -19,6 +19,7 @@
 #include "keyline/core/hex.hpp"
 #include "keyline/station/audit.hpp"
 #include "keyline/testkit/softhsm.hpp"
+#include "audit_test_db.hpp"
 #include "keyline/testkit/testkit.hpp"
 
 namespace keyline {
@@ -31,34 +32,7 @@ const std::map<std::string, std::string> kQuiet{{"KEYLINE_LOG", "error"}};
 
 // --------------------------------------------------------------- helpers
 
-struct Db {
-  explicit Db(const fs::path& p) { sqlite3_open(p.c_str(), &db); }
-  ~Db() { sqlite3_close(db); }
-  void exec(const std::string& sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string m = err ? err : "?";
-      sqlite3_free(err);
-      throw std::runtime_error(sql + ": " + m);
-    }
-  }
-  std::vector<std::vector<std::string>> rows(const std::string& sql) {
-    sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) throw std::runtime_error(sql);
-    std::vector<std::vector<std::string>> out;
-    while (sqlite3_step(s) == SQLITE_ROW) {
-      std::vector<std::string> row;
-      for (int i = 0; i < sqlite3_column_count(s); ++i) {
-        auto* t = sqlite3_column_text(s, i);
-        row.emplace_back(t ? reinterpret_cast<const char*>(t) : "");
-      }
-      out.push_back(std::move(row));
-    }
-    sqlite3_finalize(s);
-    return out;
-  }
-  sqlite3* db = nullptr;
-};
+using audit_test::Db;
 
 std::vector<std::string> types(const fs::path& state, long long after = 0) {
   Db db(state / "ledger.db");
