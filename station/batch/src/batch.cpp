@@ -193,6 +193,14 @@ class Pipeline {
       if (!allowed)
         return fail(Domain::policy, "profile '" + profile_.name + "' does not allow " +
                                         std::string(hsm::to_string(o_.key_algorithm)) + " keys (--key-algorithm)");
+      int rsa_bits = o_.key_algorithm == hsm::Algorithm::rsa_2048   ? 2048
+                     : o_.key_algorithm == hsm::Algorithm::rsa_3072 ? 3072
+                                                                    : 0;
+      if (rsa_bits && rsa_bits < profile_.min_rsa_bits)
+        return fail(Domain::policy, "profile '" + profile_.name + "' needs RSA keys of at least " +
+                                        std::to_string(profile_.min_rsa_bits) + " bits; --key-algorithm " +
+                                        std::string(hsm::to_string(o_.key_algorithm)) + " makes " +
+                                        std::to_string(rsa_bits));
     }
     return {};
   }

@@ -150,6 +150,7 @@ Status device_list(const Context& ctx) {
   ctx.print(json{{"devices", rows}}, [&](std::ostream& os) {
     os << std::left << std::setw(28) << "REGISTRATION ID" << std::setw(22) << "MODE" << std::setw(8) << "STATE"
        << std::setw(34) << "CERTIFICATE" << "ERROR\n";
+    if (rows.empty()) os << "(no devices provisioned yet)\n";
     for (auto& r : rows)
       os << std::setw(28) << r["registration_id"].get<std::string>() << std::setw(22) << r["mode"].get<std::string>()
          << std::setw(8) << r["state"].get<std::string>() << std::setw(34)

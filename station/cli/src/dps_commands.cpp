@@ -2,6 +2,8 @@
 // Changes are queued in the ledger's enrollment outbox and reach DPS through
 // `keyline dps sync`; reads (show, list, registration) go to DPS directly.
 
+#include <atomic>
+#include <csignal>
 #include <chrono>
 #include <cstdlib>
 #include <iomanip>
@@ -333,6 +335,9 @@ Status list(const Context& ctx, bool group) {
   return {};
 }
 
+std::atomic<bool> g_sync_stop{false};
+extern "C" void on_sync_stop_signal(int) { g_sync_stop.store(true); }
+
 Status sync(const Context& ctx, const EnrollmentArgs& a) {
   KL_TRY(auto config, ctx.state().load_config());
   KL_TRY(auto actor, ctx.actor(config));
@@ -343,6 +348,14 @@ Status sync(const Context& ctx, const EnrollmentArgs& a) {
   station::audit::Trail trail(ledger, actor, ctx.clock());
   sd::EnrollmentSync sync(ledger, *client, ctx.clock(), key_store.get());
   sync.set_recorder(audit_recorder(trail));
+  if (!a.once) {
+    // Continuous: SIGINT/SIGTERM end the run between passes (a pass in
+    // flight finishes and commits), exit 8.
+    struct sigaction sa{};
+    sa.sa_handler = on_sync_stop_signal;
+    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, nullptr);
+  }
   for (;;) {
     auto report = sync.run_once();
     if (report) {
@@ -363,7 +376,14 @@ Status sync(const Context& ctx, const EnrollmentArgs& a) {
     } else {
       std::cerr << "keyline: dps sync: " << report.error().message() << " (retrying)\n";
     }
-    std::this_thread::sleep_for(std::chrono::seconds(a.interval_s));
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(a.interval_s);
+    while (!g_sync_stop.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (g_sync_stop.load()) {
+      std::cerr << "keyline: dps sync stopped; what was sent is recorded, what is pending waits for the next run\n";
+      ctx.set_outcome(ExitCode::interrupted);
+      return {};
+    }
   }
 }
 

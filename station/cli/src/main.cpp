@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   app.footer(
       "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 refused by policy,\n"
       "5 state/ledger/file-system problem, 6 key store problem, 7 partially done (batch:\n"
-      "some inputs rejected), 8 interrupted (batch: run the same command again),\n"
+      "some inputs rejected), 8 interrupted by SIGINT/SIGTERM (batch: run it again),\n"
       "9 audit verification failed (a record or signature does not verify),\n"
       "10 device problem (refused, failed, timed out or disconnected).\n"
       "Run 'keyline COMMAND --help' for a command's options.");
