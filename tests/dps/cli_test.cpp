@@ -324,6 +324,14 @@ TEST(DpsCli, WebhookUrlWithAQueryIsNeverTakenFromTheCommandLine) {
       EXPECT_EQ(tk::read_file(e.path()).find(code), std::string::npos) << e.path();
     }
   }
+  // Without the variable the change waits (not dead-lettered), naming the
+  // source, never the URL.
+  auto waiting = s.kl({"dps", "sync", "--once"});
+  EXPECT_NE(waiting.exit_code, 0) << waiting.out << waiting.err;
+  auto held = json::parse(s.kl({"--json", "dps", "status"}).out)["outbox"];
+  EXPECT_EQ(held["dead"], 0) << held.dump();
+  EXPECT_GE(held["pending"].get<int>(), 1) << held.dump();
+  EXPECT_EQ(waiting.err.find(code), std::string::npos);
   auto sync = s.kl({"dps", "sync", "--once"}, {{"KEYLINE_TEST_WEBHOOK", secret_url}});
   ASSERT_EQ(sync.exit_code, 0) << sync.err << sync.out;
   EXPECT_EQ(sync.out.find(code), std::string::npos);

@@ -10,6 +10,7 @@
 #include "keyline/ca/ceremony.hpp"
 #include "keyline/core/files.hpp"
 #include "keyline/core/hex.hpp"
+#include "keyline/core/log.hpp"
 #include "keyline/core/openssl.hpp"
 #include "keyline/station/audit_export.hpp"
 
@@ -415,19 +416,24 @@ Result<VerifyResult> verify_ledger(Ledger& ledger, const std::vector<std::string
   }
   ChainChecker checker(1, std::string(kGenesisHash), audit_chain_pem[0], std::move(cps), "in the ledger");
   checker.look_for_key(sha256_hex(der));
+  std::int64_t not_utf8 = 0, first_not_utf8 = 0;
   KL_CHECK(for_each_record(ledger, 0, INT64_MAX, [&](const Record& r) -> Status {
-    // Bytes that are not UTF-8 would hash as U+FFFD: the stored text could
-    // differ from what was hashed.
+    // Bytes that are not UTF-8 hash as U+FFFD, so the chain cannot tell
+    // one such byte from another. Keyline refuses such names now; older
+    // versions recorded them, so they are reported, not failed.
     for (const std::string* field : {&r.time, &r.station, &r.operator_name, &r.type})
-      if (!valid_utf8(*field))
-        return std::unexpected(Error(Domain::integrity,
-                                     "record " + std::to_string(r.seq) +
-                                         " (ledger) holds a time, station, operator or type that is not valid "
-                                         "UTF-8: it was altered",
-                                     r.seq));
+      if (!valid_utf8(*field)) {
+        if (!not_utf8++) first_not_utf8 = r.seq;
+        break;
+      }
     return checker.next(r.seq, canonical_record(r), {}, r.hash, r.type, [] { return std::string("(ledger)"); },
                         [&]() { return r.station; }, [&]() { return r.body; });
   }));
+  if (not_utf8)
+    log::get("audit")->warn("{} audit record(s) from record {} on hold a time, station, operator or type that is not "
+                            "valid UTF-8 (recorded before Keyline refused such names): the chain covers those "
+                            "fields only as U+FFFD",
+                            not_utf8, first_not_utf8);
   KL_CHECK(checker.finish(last_signed, "a checkpoint signs records up to"));
   KL_CHECK(checker.finish_ledger(checkpoint_interval));
   if (!station) {

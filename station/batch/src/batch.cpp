@@ -150,8 +150,8 @@ class Pipeline {
     // Pending files of a failed group are removed by the next run's reconcile.
     if (!writer_status_) {
       // The trail says how the run ended even then, if the ledger still
-      // takes a record (it may be what failed).
-      (void)rejected_.flush();
+      // takes a record (it may be what failed). Rejections not committed
+      // are not written: the next run meets those inputs again.
       (void)record_outcome(&writer_status_.error());
       return std::unexpected(writer_status_.error());
     }
@@ -552,7 +552,13 @@ class Pipeline {
 
   // Stopped before every input was taken: a stop that comes after the
   // source ran dry changes nothing (all inputs were finished anyway).
-  bool interrupted() { return stop_.load() && !source_.exhausted(); }
+  bool interrupted() {
+    if (!stop_.load() || source_.exhausted()) return false;
+    // The source learns it is dry only when asked once more; with the
+    // last chunk full, the count of inputs tells instead.
+    std::lock_guard lock(progress_mu_);
+    return !progress_.total || progress_.issued + progress_.rejected + progress_.already_done < progress_.total;
+  }
 
   // The run's outcome closes its part of the trail. A run stopped by an
   // unreadable input folder, or by the writer's own failure (`failure`), is

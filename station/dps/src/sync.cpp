@@ -124,7 +124,11 @@ Result<json> EnrollmentSync::materialise(const OutboxRow& row) {
   if (auto def = doc.find("customAllocationDefinition"); def != doc.end() && def->is_object()) {
     if (auto src = def->find("webhookUrlSource"); src != def->end() && src->is_string()) {
       auto url = resolve_webhook_source(src->get<std::string>());
-      if (!url) return std::unexpected(url.error().with_context("outbox row " + std::to_string(row.id)));
+      // The source may come back (a variable set for the next run, a file
+      // restored): the row waits, as for a key store that is away.
+      if (!url)
+        return std::unexpected(Error(Domain::state, "outbox row " + std::to_string(row.id) + ": " +
+                                                        url.error().message() + " (the change waits for the next sync)"));
       (*def)["webhookUrl"] = *url;
       def->erase("webhookUrlSource");
     }
@@ -186,7 +190,8 @@ Result<std::optional<EnrollmentSync::Flight>> EnrollmentSync::launch(std::vector
   std::vector<OutboxRow> sent;
   for (auto& row : batch) {
     auto doc = materialise(row);
-    if (!doc && doc.error().domain() == Domain::keystore) {  // the key store may come back
+    // The key store, or a webhook URL's source, may come back.
+    if (!doc && (doc.error().domain() == Domain::keystore || doc.error().domain() == Domain::state)) {
       KL_TRY(auto tx, ledger_.begin());
       KL_CHECK(hold(row, doc.error().message(), now));
       KL_CHECK(tx.commit());
