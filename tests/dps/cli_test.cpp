@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "keyline/station/dps/client.hpp"
+#include "dps_station.hpp"
 #include "keyline/testkit/dps_emulator.hpp"
 
 using namespace keyline;
@@ -31,14 +32,7 @@ struct Station {
     emu = std::make_unique<tk::DpsEmulator>(dir / "emu", emu_args);
     point_at(emu->connection_string());
   }
-  void point_at(const std::string& cs) {
-    tk::write_file(dir / "dps-cs", cs + "\n");
-    std::string toml = tk::read_file(state / "keyline.toml");
-    toml = toml.substr(0, toml.find("\n[dps]"));
-    toml += "\n[dps]\nconnection-string-source = \"file:" + (dir / "dps-cs").string() + "\"\nid-scope = \"" +
-            emu->id_scope() + "\"\nca-file = \"" + emu->ca_cert() + "\"\nquota-per-minute = 6000\n";
-    tk::write_file(state / "keyline.toml", toml);
-  }
+  void point_at(const std::string& cs) { dps_test::point_station_at(state, dir.path(), *emu, cs); }
   tk::RunResult kl(const std::vector<std::string>& args, std::map<std::string, std::string> env = {}) {
     env.insert(kQuiet.begin(), kQuiet.end());
     return tk::keyline(state, args, env);

@@ -16,6 +16,7 @@
 
 #include "keyline/core/hex.hpp"
 #include "keyline/station/dps/client.hpp"
+#include "dps_station.hpp"
 #include "keyline/testkit/dps_emulator.hpp"
 
 using namespace keyline;
@@ -41,12 +42,7 @@ class DpsStation {
     auto init = tk::keyline(state_, {"ca", "init"}, kEnv);
     if (init.exit_code != 0) throw std::runtime_error("ca init: " + describe(init));
     emu_ = std::make_unique<tk::DpsEmulator>(dir_ / "emulator");
-    tk::write_file(dir_ / "dps-connection-string", emu_->connection_string() + "\n");
-    std::string toml = tk::read_file(state_ / "keyline.toml");
-    toml += "\n[dps]\nconnection-string-source = \"file:" + (dir_ / "dps-connection-string").string() +
-            "\"\nid-scope = \"" + emu_->id_scope() + "\"\nca-file = \"" + emu_->ca_cert() +
-            "\"\nquota-per-minute = 6000\n";
-    tk::write_file(state_ / "keyline.toml", toml);
+    dps_test::point_station_at(state_, dir_.path(), *emu_, emu_->connection_string());
   }
 
   const fs::path& state() const { return state_; }
