@@ -495,5 +495,39 @@ TEST(BatchSlow, CtrlCFinishesInFlightItemsAndTheSameCommandCompletes) {
   expect_exactly_once(state, out, ids);
 }
 
+// Ctrl-C is honoured between items, not only between chunks of 64: with
+// RSA keys (a good part of a second each) a whole chunk took half a minute.
+TEST(BatchSlow, CtrlCDuringSlowKeysStopsAfterTheItemInHand) {
+  TempDir dir;
+  auto state = dir / "state";
+  init_ca(state);
+  auto out = dir / "out";
+  constexpr int kCount = 24;  // less than one chunk (64); ~0.1 s each
+  std::vector<std::string> argv{testkit::bin("keyline").string(), "--state", state.string(), "ca", "batch",
+                                "--generate", "--count", std::to_string(kCount), "--id-template", "rsa-{seq:02}",
+                                "--key-algorithm", "rsa-2048", "--plain-keys", "--out", out.string(),
+                                "--jobs", "1"};
+  testkit::Child child(argv, kQuiet);
+  // batch.json is written shortly before the worker takes its chunk; a
+  // moment later it is busy with the first keys (nothing is observable
+  // until the chunk is done, which is the point).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && !fs::exists(out / "batch.json"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  child.signal(SIGINT);
+  int code = child.wait();
+  // Before, the chunk ran to its end: all 24 issued, exit 0.
+  EXPECT_EQ(code, 8);
+  auto manifest = read_jsonl(out / "manifest.jsonl");
+  EXPECT_LT(manifest.size(), static_cast<std::size_t>(kCount));
+  EXPECT_EQ(sql_count(state / "ledger.db", "1=1"), static_cast<long long>(manifest.size()));
+  auto done = testkit::run(argv, kQuiet);
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  std::set<std::string> ids;
+  for (int i = 1; i <= kCount; ++i) ids.insert((i < 10 ? "rsa-0" : "rsa-") + std::to_string(i));
+  expect_exactly_once(state, out, ids);
+}
+
 }  // namespace
 }  // namespace keyline

@@ -346,7 +346,16 @@ class Pipeline {
         if (chunk->empty()) break;
         std::vector<Outcome> outcomes;
         outcomes.reserve(chunk->size());
-        for (const Item& item : *chunk) outcomes.push_back(w.process(item));
+        // A stop is honoured between items, not only between chunks: an
+        // RSA key takes a good part of a second, and a chunk is 64 items.
+        // The items not started are not done; the next run does them.
+        for (const Item& item : *chunk) {
+          if (stop_.load()) {
+            abandoned_ = true;
+            break;
+          }
+          outcomes.push_back(w.process(item));
+        }
         {
           std::unique_lock lock(pending_mu_);
           pending_space_.wait(lock, [&] { return pending_.size() < pending_cap_ || failed_.load(); });
@@ -550,9 +559,10 @@ class Pipeline {
     return true;
   }
 
-  // Stopped before every input was taken: a stop that comes after the
-  // source ran dry changes nothing (all inputs were finished anyway).
+  // Stopped before every input was started: a stop that comes after the
+  // source ran dry and the last chunk was finished changes nothing.
   bool interrupted() {
+    if (abandoned_.load()) return true;
     if (!stop_.load() || source_.exhausted()) return false;
     // The source learns it is dry only when asked once more; with the
     // last chunk full, the count of inputs tells instead.
@@ -622,6 +632,7 @@ class Pipeline {
   std::condition_variable pending_space_;
   std::vector<Outcome> pending_;
   std::atomic<bool> failed_{false};
+  std::atomic<bool> abandoned_{false};  // a stop left items of a chunk unstarted
 
   std::mutex done_mu_;  // also guards pipeline_error_
   std::condition_variable done_cv_;
