@@ -1,6 +1,8 @@
 #include <cerrno>
 #include "file_store.hpp"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <unordered_map>
 
@@ -201,7 +203,26 @@ class FileStore final : public KeyStore {
     return out;
   }
 
+  Status destroy_signing_key(const std::string& label) override {
+    KL_CHECK(validate_label(label));
+    return remove_file(key_path(label), "key '" + label + "'");
+  }
+
+  Status destroy_secret(const std::string& label) override {
+    KL_CHECK(validate_label(label));
+    return remove_file(secret_path(label), "secret '" + label + "'");
+  }
+
  private:
+  Status remove_file(const std::filesystem::path& path, const std::string& what) {
+    if (::unlink(path.c_str()) != 0) {
+      int err = errno;
+      if (err == ENOENT) return fail(Domain::keystore, what + " not found in " + uri());
+      return fail(Domain::keystore, "cannot remove " + what + ": " + files::errno_text(path, err), err);
+    }
+    return files::sync_dir(dir_);
+  }
+
   std::filesystem::path key_path(const std::string& label) const { return dir_ / (label + ".key.pem"); }
   std::filesystem::path secret_path(const std::string& label) const { return dir_ / (label + ".secret"); }
 

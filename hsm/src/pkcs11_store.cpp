@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -646,7 +647,67 @@ class Pkcs11Store final : public KeyStore {
     });
   }
 
+  Status destroy_signing_key(const std::string& label) override {
+    KL_CHECK(validate_label(label));
+    return destroy(label, {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY});
+  }
+
+  Status destroy_secret(const std::string& label) override {
+    KL_CHECK(validate_label(label));
+    return destroy(label, {CKO_SECRET_KEY});
+  }
+
  private:
+  // Destroys the objects labelled `label` of the given classes (the first
+  // names the key): the token objects and Keyline's session copies of them.
+  // run() may repeat the operation after a lost session: the count of what
+  // was destroyed spans the attempts. Cached handles are forgotten.
+  Status destroy(const std::string& label, std::initializer_list<CK_OBJECT_CLASS> classes) {
+    std::lock_guard lock(create_mu_);
+    const std::string what = Token::class_word(*classes.begin()) + " '" + label + "'";
+    int destroyed = 0;
+    auto done = token_->run<bool>([&](CK_SESSION_HANDLE s) -> Result<bool> {
+      for (CK_OBJECT_CLASS cls : classes) {
+        KL_TRY(auto handles, labelled_objects(s, cls, label));
+        for (CK_OBJECT_HANDLE h : handles) {
+          CK_RV rv = token_->f().C_DestroyObject(s, h);
+          if (rv != CKR_OK)
+            return std::unexpected(ck_error(
+                rv, "destroying " + Token::class_word(cls) + " '" + label + "' in " + token_->name()));
+          ++destroyed;
+        }
+      }
+      return true;
+    });
+    token_->forget_handles();
+    if (!done) return std::unexpected(done.error());
+    if (destroyed == 0) return fail(Domain::keystore, what + " not found in " + uri());
+    logger()->info("destroyed {} in {}", what, token_->name());
+    return {};
+  }
+
+  // Every object of class `cls` labelled `label`, on the token or in a session.
+  Result<std::vector<CK_OBJECT_HANDLE>> labelled_objects(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                                                         const std::string& label) {
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
+                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 2);
+    if (rv != CKR_OK)
+      return std::unexpected(ck_error(rv, "searching " + token_->name() + " for '" + label + "'"));
+    std::vector<CK_OBJECT_HANDLE> out;
+    for (;;) {
+      CK_OBJECT_HANDLE batch[16];
+      CK_ULONG n = 0;
+      rv = token_->f().C_FindObjects(s, batch, 16, &n);
+      if (rv != CKR_OK || n == 0) break;
+      out.insert(out.end(), batch, batch + n);
+    }
+    token_->f().C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+      return std::unexpected(ck_error(rv, "searching " + token_->name() + " for '" + label + "'"));
+    return out;
+  }
+
   // A CKK_GENERIC_SECRET token object: generated (32 bytes) when `value` is null, else imported.
   Status store_secret(const std::string& label, const SecretBytes* value) {
     KL_CHECK(validate_label(label));

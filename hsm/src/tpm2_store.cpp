@@ -263,6 +263,30 @@ class Tpm {
     });
   }
 
+  // Evicts the persistent key at `handle` (TPM2_EvictControl); a not-found
+  // error naming `what` when there is none.
+  Status evict(std::uint32_t handle, const std::string& what) {
+    auto done = call([&] {
+      return attempt<bool>([&]() -> Result<bool> {
+        KL_TRY(bool taken, occupied(handle));
+        if (!taken)
+          return fail(Domain::keystore,
+                      what + " not found (no persistent object at " + hex_handle(handle) + ")");
+        KL_TRY(ESYS_TR key, object(handle, what));
+        ESYS_TR none = ESYS_TR_NONE;
+        TSS2_RC rc = Esys_EvictControl(esys_, ESYS_TR_RH_OWNER, key, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                       ESYS_TR_NONE, handle, &none);
+        if (rc != TSS2_RC_SUCCESS)
+          return std::unexpected(tpm_error(rc, "evicting " + what + " from " + hex_handle(handle)));
+        // ESAPI drops its object for an evicted persistent handle itself.
+        objects_.erase(handle);
+        return true;
+      });
+    });
+    if (!done) return std::unexpected(done.error());
+    return {};
+  }
+
   // The public key at `handle`; a not-found error naming `what` when empty.
   Result<PublicInfo> load(std::uint32_t handle, const std::string& what) {
     return call([&] {
@@ -580,6 +604,15 @@ class Tpm2Store final : public KeyStore {
   Result<std::shared_ptr<SecretKey>> secret(const std::string& label) override { return unsupported(label); }
 
   Result<std::vector<KeyInfo>> list() override { return tpm_->list(uri_.base_handle()); }
+
+  Status destroy_signing_key(const std::string& label) override {
+    KL_CHECK(validate_label(label));
+    std::uint32_t handle = tpm2_handle_for(uri_.base_handle(), label);
+    KL_CHECK(tpm_->evict(handle, what(label)));
+    logger()->info("evicted key '{}' from the TPM's persistent handle {}", label, hex_handle(handle));
+    return {};
+  }
+  Status destroy_secret(const std::string& label) override { return unsupported(label); }
 
  private:
   std::string what(const std::string& label) const { return "key '" + label + "' in " + uri(); }

@@ -30,10 +30,11 @@
 // supports them. The owner hierarchy's authorization must be empty (the
 // usual state of a Linux machine's TPM); owner-auth is not supported yet.
 // sign() is TPM2_Sign over the digest with a NULL hashcheck ticket; the r/s
-// pair is returned as a DER ECDSA-Sig-Value.
+// pair is returned as a DER ECDSA-Sig-Value. destroy_signing_key evicts the
+// label's persistent handle (TPM2_EvictControl), whichever key is there.
 //
-// Secrets (generate_secret, import_secret, secret) are not supported by this
-// backend: keep DPS group keys in a PKCS#11 token.
+// Secrets (generate_secret, import_secret, secret, destroy_secret) are not
+// supported by this backend: keep DPS group keys in a PKCS#11 token.
 //
 // Concurrency: one owner thread per store runs every ESAPI call (an ESYS
 // context is not thread-safe); Signer::sign from any thread queues a job and

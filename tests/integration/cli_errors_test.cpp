@@ -184,6 +184,12 @@ std::vector<BadCase> bad_cases() {
          e.also_expect.push_back((e.state / "keyline.toml").string());
          return issue_args(e.csr("p.csr", "dev-0002", false));
        }},
+      {"ProvisionRtsctsNotABoolean", 3, {"rtscts must be true or false", "[provision]"},
+       [](BadEnv& e) {
+         add_profile(e.state, "[provision]\nrtscts = \"yes\"\n");
+         e.also_expect.push_back((e.state / "keyline.toml").string());
+         return issue_args(e.csr("r.csr", "dev-0002", false));
+       }},
       {"RevokeUnknownSerial", 3, {"no certificate with serial 123456789ABCDEF0123456789ABCDEF"},
        [](BadEnv&) {
          return std::vector<std::string>{"ca", "revoke", "--serial", "0123456789ABCDEF0123456789ABCDEF"};

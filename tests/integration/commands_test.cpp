@@ -151,6 +151,10 @@ TEST(DeviceList, EmptyLedgerSaysSo) {
   auto doc = run_kl(state, {"--json", "device", "list"});
   ASSERT_EQ(doc.exit_code, 0) << describe(doc);
   EXPECT_EQ(json::parse(doc.out), (json{{"devices", json::array()}})) << doc.out;
+  // The global options are taken after the command too.
+  auto after = run_kl(state, {"device", "list", "--json"});
+  ASSERT_EQ(after.exit_code, 0) << describe(after);
+  EXPECT_EQ(after.out, doc.out);
 
   // Not a station at all: a state problem, not an empty list.
   auto missing = run_kl(tmp / "nowhere", {"device", "list"});

@@ -1,4 +1,8 @@
 // DeviceSession over a real pty against keyline-devsim: every message.
+#include <fcntl.h>
+#include <termios.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <openssl/pem.h>
@@ -19,6 +23,24 @@ using namespace keyline::station::provision;
 using keyline::testkit::Devsim;
 using keyline::testkit::TempDir;
 namespace proto = keyline::station::protocol;
+
+// RTS/CTS is set on the port only when asked for; the port's termios are
+// the tty's, so a second descriptor on the same pty sees them.
+TEST(SerialLinkPty, RtsCtsIsSetOnlyWhenAsked) {
+  TempDir dir;
+  auto sim = Devsim::pty(dir / "dev.json", {"--serial-number", "SN-0043", "--model", "widget"});
+  for (bool rtscts : {true, false}) {
+    auto l = link::SerialLink::open(sim.port(), {115200, rtscts});
+    ASSERT_TRUE(l) << l.error().message();
+    int fd = ::open(sim.port().c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    termios tio{};
+    ASSERT_EQ(::tcgetattr(fd, &tio), 0);
+    ::close(fd);
+    EXPECT_EQ((tio.c_cflag & CRTSCTS) != 0, rtscts);
+    EXPECT_EQ((*l)->description().find("rts/cts") != std::string::npos, rtscts) << (*l)->description();
+  }
+}
 
 TEST(DeviceSessionPty, EveryMessage) {
   TempDir dir;

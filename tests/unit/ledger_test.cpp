@@ -7,24 +7,12 @@
 
 #include "keyline/station/ledger.hpp"
 #include "keyline/testkit/testkit.hpp"
+#include "ledger_records.hpp"
 
 namespace keyline::station {
 namespace {
 
-CertificateRecord record(const std::string& serial, const std::string& id, const std::string& profile = "device") {
-  CertificateRecord r;
-  r.serial = serial;
-  r.registration_id = id;
-  r.profile = profile;
-  r.subject = "CN=" + id;
-  r.cert_sha256 = "C" + serial;
-  r.pubkey_sha256 = "P" + serial;
-  r.not_before = 1;
-  r.not_after = 2;
-  r.issued_at = 1;
-  r.der = {0x30, 0x00};
-  return r;
-}
+using test::certificate_record;
 
 Status insert(Ledger& l, const CertificateRecord& r, bool supersede = false) {
   KL_TRY(auto tx, l.begin());
@@ -46,13 +34,13 @@ TEST(Ledger, CreatesOwnerOnlyFileAtCurrentSchema) {
 TEST(Ledger, OneActiveCertificatePerRegistrationIdAndProfile) {
   testkit::TempDir dir;
   auto l = *Ledger::create(dir / "l.db");
-  ASSERT_TRUE(insert(l, record("01", "dev-1")));
-  auto dup = insert(l, record("02", "dev-1"));
+  ASSERT_TRUE(insert(l, certificate_record("01", "dev-1")));
+  auto dup = insert(l, certificate_record("02", "dev-1"));
   ASSERT_FALSE(dup);
   EXPECT_EQ(dup.error().domain(), Domain::policy);
   EXPECT_NE(dup.error().message().find("--reissue"), std::string::npos);
-  ASSERT_TRUE(insert(l, record("03", "dev-1", "idevid")));  // another profile is fine
-  ASSERT_TRUE(insert(l, record("04", "dev-1"), /*supersede=*/true));
+  ASSERT_TRUE(insert(l, certificate_record("03", "dev-1", "idevid")));  // another profile is fine
+  ASSERT_TRUE(insert(l, certificate_record("04", "dev-1"), /*supersede=*/true));
   auto old = *l.certificate("01");
   ASSERT_TRUE(old);
   EXPECT_EQ(old->status, "superseded");
@@ -66,13 +54,13 @@ TEST(Ledger, OneActiveCertificatePerRegistrationIdAndProfile) {
 TEST(Ledger, SchemaEnforcesInvariantsEvenAgainstRawSql) {
   testkit::TempDir dir;
   auto l = *Ledger::create(dir / "l.db");
-  ASSERT_TRUE(insert(l, record("01", "dev-1")));
+  ASSERT_TRUE(insert(l, certificate_record("01", "dev-1")));
   // A second active row for the same id, bypassing the code path: refused by the index.
   EXPECT_FALSE(l.exec("INSERT INTO certificates (serial, registration_id, profile, subject, cert_sha256, "
                       "pubkey_sha256, not_before, not_after, status, issued_at, der) VALUES "
                       "('99','dev-1','device','s','c99','p',1,2,'active',1,x'00')"));
   // A duplicate serial: refused.
-  EXPECT_FALSE(insert(l, record("01", "dev-2")));
+  EXPECT_FALSE(insert(l, certificate_record("01", "dev-2")));
   // An unknown status: refused by CHECK.
   EXPECT_FALSE(l.exec("UPDATE certificates SET status='lost' WHERE serial='01'"));
 }
@@ -82,8 +70,8 @@ TEST(Ledger, FailedTransactionLeavesNothing) {
   auto l = *Ledger::create(dir / "l.db");
   {
     auto tx = *l.begin();
-    ASSERT_TRUE(l.insert_certificate(record("01", "a"), false));
-    ASSERT_FALSE(l.insert_certificate(record("01", "b"), false));
+    ASSERT_TRUE(l.insert_certificate(certificate_record("01", "a"), false));
+    ASSERT_FALSE(l.insert_certificate(certificate_record("01", "b"), false));
     // tx goes out of scope without commit
   }
   EXPECT_FALSE(*l.certificate("01"));
@@ -105,14 +93,14 @@ TEST(Ledger, DeferredAndDurableTransactionsSetTheSyncLevel) {
   {
     auto tx = *l.begin(Ledger::Durability::deferred);
     EXPECT_EQ(level(), 1);  // NORMAL
-    ASSERT_TRUE(l.insert_certificate(record("0D", "deferred"), false));
+    ASSERT_TRUE(l.insert_certificate(certificate_record("0D", "deferred"), false));
     ASSERT_TRUE(tx.commit());
   }
   EXPECT_EQ(level(), 2);  // back to FULL for whatever comes next
   {
     auto tx = *l.begin();
     EXPECT_EQ(level(), 2);
-    ASSERT_TRUE(l.insert_certificate(record("0E", "durable"), false));
+    ASSERT_TRUE(l.insert_certificate(certificate_record("0E", "durable"), false));
     ASSERT_TRUE(tx.commit());
   }
   auto other = *Ledger::open(dir / "l.db");
@@ -123,7 +111,7 @@ TEST(Ledger, DeferredAndDurableTransactionsSetTheSyncLevel) {
 TEST(Ledger, RevokeRules) {
   testkit::TempDir dir;
   auto l = *Ledger::create(dir / "l.db");
-  ASSERT_TRUE(insert(l, record("0A", "dev-1")));
+  ASSERT_TRUE(insert(l, certificate_record("0A", "dev-1")));
   auto unknown = l.revoke("FF", "keyCompromise", 5);
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().domain(), Domain::input);
@@ -145,11 +133,11 @@ TEST(Ledger, ListsARegistrationIdsCertificatesInEveryStatus) {
   // indexes (schema 8); a listing by registration ID needs both.
   testkit::TempDir dir;
   auto l = *Ledger::create(dir / "l.db");
-  ASSERT_TRUE(insert(l, record("0A", "dev-1")));
-  ASSERT_TRUE(l.insert_certificate(record("0B", "dev-1"), true));  // 0A superseded
-  ASSERT_TRUE(l.insert_certificate(record("0C", "dev-1"), true));  // 0B superseded
+  ASSERT_TRUE(insert(l, certificate_record("0A", "dev-1")));
+  ASSERT_TRUE(l.insert_certificate(certificate_record("0B", "dev-1"), true));  // 0A superseded
+  ASSERT_TRUE(l.insert_certificate(certificate_record("0C", "dev-1"), true));  // 0B superseded
   ASSERT_TRUE(l.revoke("0B", "keyCompromise", 5));
-  ASSERT_TRUE(insert(l, record("0D", "dev-2")));
+  ASSERT_TRUE(insert(l, certificate_record("0D", "dev-2")));
   auto list = [&](std::optional<std::string> id, std::optional<std::string> status) {
     std::vector<std::string> serials;
     EXPECT_TRUE(l.for_each_certificate({std::move(id), std::move(status)},
@@ -292,11 +280,11 @@ TEST(Ledger, MoveAssignmentClosesTheOldConnectionAndKeepsTheNew) {
   auto a = *Ledger::create(dir / "a.db");
   ASSERT_TRUE(a.active_ref("x", "device"));  // a cached statement to finalise
   auto b = *Ledger::create(dir / "b.db");
-  ASSERT_TRUE(insert(b, record("0B", "in-b")));
+  ASSERT_TRUE(insert(b, certificate_record("0B", "in-b")));
   a = std::move(b);
   EXPECT_EQ(a.path(), dir / "b.db");
   ASSERT_TRUE(*a.certificate("0B"));
-  ASSERT_TRUE(insert(a, record("0C", "also-b")));
+  ASSERT_TRUE(insert(a, certificate_record("0C", "also-b")));
 }
 
 }  // namespace

@@ -180,6 +180,40 @@ TEST_F(Pkcs11Store, NeverOverwritesAKeyAndNamesMissingOnes) {
   EXPECT_FALSE(store_->is_development());
 }
 
+TEST_F(Pkcs11Store, DestroyRemovesTheKeyPairOrTheSecret) {
+  auto first = store_->generate_signing_key("undo", Algorithm::ec_p256);
+  ASSERT_TRUE(first) << first.error().message();
+  // Signing caches the key's handle (and a session copy of it).
+  Bytes message = bytes_of("before");
+  auto sig = (*first)->sign(digest_of(message, Algorithm::ec_p256));
+  ASSERT_TRUE(sig) << sig.error().message();
+  ASSERT_TRUE(store_->generate_secret("undo-secret"));
+  RawToken raw(hsm_.label());  // joins the store's login: sees its private objects
+  ASSERT_NE(raw.find(CKO_PRIVATE_KEY, "undo"), CK_INVALID_HANDLE);
+  ASSERT_NE(raw.find(CKO_PUBLIC_KEY, "undo"), CK_INVALID_HANDLE);
+  ASSERT_NE(raw.find(CKO_SECRET_KEY, "undo-secret"), CK_INVALID_HANDLE);
+
+  ASSERT_TRUE(store_->destroy_signing_key("undo"));
+  EXPECT_FALSE(store_->signer("undo"));
+  EXPECT_EQ(raw.find(CKO_PRIVATE_KEY, "undo"), CK_INVALID_HANDLE);
+  EXPECT_EQ(raw.find(CKO_PUBLIC_KEY, "undo"), CK_INVALID_HANDLE) << "the public half goes too";
+  auto twice = store_->destroy_signing_key("undo");
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
+  // The label is free again, and the new key is the one found by label.
+  auto second = store_->generate_signing_key("undo", Algorithm::ec_p256);
+  ASSERT_TRUE(second) << second.error().message();
+  EXPECT_NE((*second)->public_key(), (*first)->public_key());
+  auto found = store_->signer("undo");
+  ASSERT_TRUE(found);
+  EXPECT_EQ((*found)->public_key(), (*second)->public_key());
+
+  ASSERT_TRUE(store_->destroy_secret("undo-secret"));
+  EXPECT_FALSE(store_->secret("undo-secret"));
+  EXPECT_EQ(raw.find(CKO_SECRET_KEY, "undo-secret"), CK_INVALID_HANDLE);
+  EXPECT_FALSE(store_->destroy_secret("undo-secret"));
+}
+
 TEST_F(Pkcs11Store, WrongDigestLengthIsRefused) {
   auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
   ASSERT_TRUE(signer);

@@ -94,6 +94,33 @@ TEST_P(KeyStoreSuite, SecretHmacMatchesRfc4231) {
   EXPECT_EQ(listed->size(), 2u);
 }
 
+TEST_P(KeyStoreSuite, DestroyRemovesOnlyTheNamedKeyOrSecret) {
+  auto gone = store_->generate_signing_key("gone", Algorithm::ec_p256);
+  ASSERT_TRUE(gone) << gone.error().message();
+  ASSERT_TRUE(store_->generate_signing_key("kept", Algorithm::ec_p256));
+  ASSERT_TRUE(store_->generate_secret("gone"));  // a secret may share a key's label
+  ASSERT_TRUE(store_->destroy_signing_key("gone"));
+  EXPECT_FALSE(store_->signer("gone"));
+  EXPECT_TRUE(store_->signer("kept"));
+  EXPECT_TRUE(store_->secret("gone")) << "destroying a key leaves the secret of that label";
+  auto twice = store_->destroy_signing_key("gone");
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().domain(), Domain::keystore);
+  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
+  // The label is free again: a new key under it is another key.
+  auto again = store_->generate_signing_key("gone", Algorithm::ec_p256);
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_NE((*again)->public_key(), (*gone)->public_key());
+
+  ASSERT_TRUE(store_->destroy_secret("gone"));
+  EXPECT_FALSE(store_->secret("gone"));
+  EXPECT_TRUE(store_->signer("gone"));
+  EXPECT_FALSE(store_->destroy_secret("gone"));
+  auto listed = store_->list();
+  ASSERT_TRUE(listed);
+  EXPECT_EQ(listed->size(), 2u);  // "gone" (the new key) and "kept"
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backends, KeyStoreSuite,
     ::testing::Values(Backend{"file", [](const testkit::TempDir& d) { return "file:" + (d / "keys").string(); }}),

@@ -115,6 +115,26 @@ TEST_F(TpmStore, NeverOverwritesAKeyAndNamesMissingOnes) {
   EXPECT_FALSE(store_->is_development());
 }
 
+TEST_F(TpmStore, DestroyEvictsTheKeyAndFreesItsHandle) {
+  auto first = store_->generate_signing_key("undo", Algorithm::ec_p256);
+  ASSERT_TRUE(first) << first.error().message();
+  ASSERT_TRUE(signs_verifiably(**first, "before"));  // the ESYS object is cached
+  ASSERT_TRUE(store_->destroy_signing_key("undo"));
+  EXPECT_FALSE(store_->signer("undo"));
+  auto twice = store_->destroy_signing_key("undo");
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
+  auto second = store_->generate_signing_key("undo", Algorithm::ec_p256);
+  ASSERT_TRUE(second) << second.error().message();
+  EXPECT_NE((*second)->public_key(), (*first)->public_key());
+  EXPECT_TRUE(signs_verifiably(**second, "after"));
+  reopen();
+  auto found = store_->signer("undo");
+  ASSERT_TRUE(found) << found.error().message();
+  EXPECT_EQ((*found)->public_key(), (*second)->public_key());
+  EXPECT_FALSE(store_->destroy_secret("undo"));  // secrets: not supported
+}
+
 TEST_F(TpmStore, WrongDigestLengthIsRefused) {
   auto signer = store_->generate_signing_key("k", Algorithm::ec_p256);
   ASSERT_TRUE(signer);

@@ -31,6 +31,10 @@ class Context {
   Context(const Globals& g, const Clock& clock, Rng& rng);
 
   const station::StateDir& state() const { return state_; }
+  // keyline.toml (--config, else STATE/keyline.toml) for a command that uses
+  // it, checked with check_station_id: commands load it through here (dps
+  // infra, which parses the file itself, calls check_station_id).
+  Result<station::Config> config() const;
   const Clock& clock() const { return clock_; }
   Rng& rng() const { return rng_; }
   bool json() const { return json_; }
@@ -67,14 +71,40 @@ void add_batch_command(CLI::App& ca_cmd, Handler& run);
 void add_hsm_commands(CLI::App& app, Handler& run);
 void add_audit_commands(CLI::App& app, Handler& run);
 
+// [station] id in `config` must be the station id `ca init` recorded in the
+// ledger (and in the audit certificate's name, CN=Keyline audit ID): edited
+// afterwards, the audit records and exports would name another station and
+// fail verification. A state error naming both ids, the file, and what to do.
+// Nothing to compare before `ca init` or in a ledger without the record.
+Status check_station_id(const Context& ctx, const station::Config& config);
+
+// The ledger for a command that only reads it (Ledger::open_readonly): it
+// works on a read-only copy of the state dir and changes nothing.
+Result<station::Ledger> open_ledger_readonly(const Context& ctx);
+
 // The audit key (label [audit] key in the CA key store) with its certificate
 // chain (STATE/audit.pem, then chain.pem).
 Result<station::audit::AuditKey> open_audit_key(const Context& ctx, const station::Config& config,
                                                 hsm::KeyStore& store);
-// Generates the audit key in `store` and certifies it with the intermediate;
-// writes STATE/audit.pem. Returns the certificate's SHA-256.
-Result<std::string> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
-                                     const hsm::Signer& issuer_key, const X509& issuer, const std::string& station_id);
+// The audit key's certificate (for STATE/audit.pem) and its SHA-256.
+struct AuditCertificate {
+  std::string pem;
+  std::string sha256;
+};
+// Generates the audit key `label` in `store` and certifies it with the
+// intermediate (CN=Keyline audit STATION_ID). Writes nothing else: the
+// caller writes STATE/audit.pem once the key is recorded. A failure after the
+// key was generated destroys it again (undo_unrecorded_key).
+Result<AuditCertificate> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
+                                          const hsm::Signer& issuer_key, const X509& issuer,
+                                          const std::string& station_id);
+
+// A key the station created whose record did not reach the ledger (the
+// append or the commit failed): destroys it again, best effort, and returns
+// `cause` with what became of the key -- removed, or left behind and to be
+// removed by hand -- so no key stays in the store that the ledger does not know.
+enum class KeyKind { signing, secret };
+Error undo_unrecorded_key(hsm::KeyStore& store, KeyKind kind, const std::string& label, const Error& cause);
 // A signed checkpoint when the trail is due one; a missing audit key only
 // warns (older state dirs: `keyline audit key create`).
 Status checkpoint_if_due(const Context& ctx, const station::Config& config, hsm::KeyStore& store,

@@ -19,7 +19,7 @@ struct ExportArgs {
 
 Status audit_export(const Context& ctx, const ExportArgs& a) {
   KL_TRY(audit::Format format, audit::parse_format(a.format));
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto store, ctx.state().open_key_store(config));
@@ -53,9 +53,9 @@ Status audit_verify(const Context& ctx, const VerifyArgs& a) {
   audit::VerifyResult r;
   std::int64_t interval = 0;
   if (a.ledger) {
-    KL_TRY(station::Config config, ctx.state().load_config());
+    KL_TRY(station::Config config, ctx.config());
     interval = config.audit.checkpoint_interval;
-    KL_TRY(auto ledger, ctx.state().open_ledger());
+    KL_TRY(auto ledger, open_ledger_readonly(ctx));
     std::vector<std::string> chain;
     for (const fs::path& p : {ctx.state().audit_cert_path(), ctx.state().intermediate_cert_path()}) {
       auto text = files::read(p, 1 << 20);
@@ -88,26 +88,45 @@ Status audit_verify(const Context& ctx, const VerifyArgs& a) {
 }
 
 Status audit_key_create(const Context& ctx) {
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
-  if (auto existing = opened.key_store->signer(config.audit.key))
-    return fail(Domain::state, "the key store already holds an audit key '" + config.audit.key +
-                                   "'; Keyline never replaces it");
+  hsm::KeyStore& store = *opened.key_store;
+  const std::string& label = config.audit.key;
+  if (auto existing = store.signer(label))
+    return fail(Domain::state,
+                "the key store already holds an audit key '" + label + "'; Keyline never replaces it");
   audit::Trail trail(ledger, actor, ctx.clock());
+  // The ledger's write lock comes first, so a busy or read-only ledger
+  // refuses before the key store changes. The record names the certificate,
+  // so the key is made before it; if the record does not commit, the key is
+  // destroyed again. STATE/audit.pem appears only after the commit.
   KL_TRY(auto tx, ledger.begin());
-  KL_TRY(std::string id, create_audit_key(ctx, *opened.key_store, config.audit.key, opened.authority->signer(),
-                                          opened.authority->issuer(), config.station_id));
-  KL_TRY(auto rec, trail.append("audit.key_created", {{"key", config.audit.key}, {"certificate_sha256", id},
-                                                       {"key_store", opened.key_store->uri()}}));
-  (void)rec;
-  // The new key signs the trail at once, as ca init does: from here on every
-  // record is signed within the checkpoint interval.
-  KL_TRY(auto signer, opened.key_store->signer(config.audit.key));
-  KL_TRY(auto cp, trail.checkpoint(*signer, id));
-  (void)cp;
-  KL_CHECK(tx.commit());
+  KL_TRY(AuditCertificate cert, create_audit_key(ctx, store, label, opened.authority->signer(),
+                                                 opened.authority->issuer(), config.station_id));
+  const std::string& id = cert.sha256;
+  auto recorded = [&]() -> Result<files::PendingFile> {
+    KL_TRY(files::PendingFile pem, files::PendingFile::create(ctx.state().audit_cert_path(), cert.pem, 0644));
+    KL_TRY(auto rec, trail.append("audit.key_created",
+                                  {{"key", label}, {"certificate_sha256", id}, {"key_store", store.uri()}}));
+    (void)rec;
+    // The new key signs the trail at once, as ca init does: from here on
+    // every record is signed within the checkpoint interval.
+    KL_TRY(auto signer, store.signer(label));
+    KL_TRY(auto cp, trail.checkpoint(*signer, id));
+    (void)cp;
+    KL_CHECK(tx.commit());
+    return pem;
+  }();
+  if (!recorded)
+    return std::unexpected(undo_unrecorded_key(store, KeyKind::signing, label, recorded.error()));
+  if (auto published = recorded->publish(); !published)
+    return fail(published.error().domain(),
+                "the audit key '" + label +
+                    "' is created and recorded, but its certificate could not be written: " +
+                    published.error().message() + "; set another [audit] key label in " +
+                    config.source.string() + " and run 'keyline audit key create' again");
   json doc = {{"key", config.audit.key}, {"certificate", ctx.state().audit_cert_path().string()},
               {"certificate_sha256", id}};
   ctx.print(doc, [&](std::ostream& os) {
@@ -137,7 +156,7 @@ Status report_devices(const Context& ctx, const std::string& since, const std::s
     if (!t) return fail(Domain::usage, "--since '" + since + "' is not a UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)");
     since_time = t->time_since_epoch().count();
   }
-  KL_TRY(auto ledger, ctx.state().open_ledger());
+  KL_TRY(auto ledger, open_ledger_readonly(ctx));
   KL_TRY(auto station_id, ledger.meta("station_id"));
   static const char* kColumns[] = {"device_serial", "registration_id", "certificate_serial", "certificate_sha256",
                                    "public_key_sha256", "profile", "status", "issued_at", "not_after",

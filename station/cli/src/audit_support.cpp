@@ -58,17 +58,37 @@ Result<station::audit::Actor> Context::actor(const station::Config& config) cons
   return station::audit::Actor{config.station_id, name};
 }
 
-Result<std::string> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
-                                     const hsm::Signer& issuer_key, const X509& issuer,
-                                     const std::string& station_id) {
+Result<AuditCertificate> create_audit_key(const Context& ctx, hsm::KeyStore& store, const std::string& label,
+                                          const hsm::Signer& issuer_key, const X509& issuer,
+                                          const std::string& station_id) {
   KL_CHECK(hsm::validate_label(label));
-  KL_TRY(auto key, store.generate_signing_key(label, hsm::Algorithm::ec_p256));
   KL_TRY(X509NamePtr subject, parse_dn("CN=Keyline audit " + station_id));
-  KL_TRY(X509Ptr cert, ca::make_signing_certificate(issuer_key, issuer, key->public_key(), *subject, 36500,
-                                                    ctx.clock(), ctx.rng()));
-  KL_TRY(Bytes der, to_der(cert.get()));
-  KL_CHECK(files::write_atomic(ctx.state().audit_cert_path(), to_pem(cert.get()), 0644));
-  return sha256_hex(der);
+  KL_TRY(auto key, store.generate_signing_key(label, hsm::Algorithm::ec_p256));
+  auto certified = [&]() -> Result<AuditCertificate> {
+    KL_TRY(X509Ptr cert, ca::make_signing_certificate(issuer_key, issuer, key->public_key(), *subject, 36500,
+                                                      ctx.clock(), ctx.rng()));
+    KL_TRY(Bytes der, to_der(cert.get()));
+    return AuditCertificate{to_pem(cert.get()), sha256_hex(der)};
+  }();
+  if (!certified)
+    return std::unexpected(undo_unrecorded_key(store, KeyKind::signing, label, certified.error()));
+  return certified;
+}
+
+Error undo_unrecorded_key(hsm::KeyStore& store, KeyKind kind, const std::string& label, const Error& cause) {
+  const std::string what = (kind == KeyKind::secret ? "secret '" : "key '") + label + "'";
+  Status undone = kind == KeyKind::secret ? store.destroy_secret(label) : store.destroy_signing_key(label);
+  if (undone)
+    return Error(cause.domain(),
+                 cause.message() + "; the new " + what + " was removed from " + store.uri() +
+                     " again: nothing changed",
+                 cause.native_code());
+  return Error(cause.domain(),
+               cause.message() + "; the new " + what + " could not be removed from " + store.uri() + " (" +
+                   undone.error().message() +
+                   "): it is there without a record in the ledger -- remove it by hand "
+                   "before creating it again",
+               cause.native_code());
 }
 
 Result<station::audit::AuditKey> open_audit_key(const Context& ctx, const station::Config& config,

@@ -90,7 +90,7 @@ Status ca_batch(const Context& ctx, const BatchCli& c) {
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
   KL_CHECK(ctx.state().require_initialised());
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(const ca::Profile* profile, station::find_profile(config, c.profile));
   KL_TRY(o.actor, ctx.actor(config));
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));

@@ -166,7 +166,10 @@ Status ca_init(const Context& ctx, const InitOptions& o) {
     KL_CHECK(files::write_atomic(path, text, 0644));
   }
   rollback.track(state.audit_cert_path());
-  KL_TRY(std::string audit_id, create_audit_key(ctx, *store, o.audit_key, *inter_key, *intermediate, o.station_id));
+  KL_TRY(AuditCertificate audit_cert,
+         create_audit_key(ctx, *store, o.audit_key, *inter_key, *intermediate, o.station_id));
+  KL_CHECK(files::write_atomic(state.audit_cert_path(), audit_cert.pem, 0644));
+  const std::string& audit_id = audit_cert.sha256;
   rollback.track(dir / "keyline.toml");
   std::string config_text = station::default_config_toml(ca_config, o.station_id);
   if (o.audit_key != "keyline-audit") {
@@ -280,8 +283,8 @@ Status ca_request(const Context& ctx, const RequestOptions& o) {
 // ---------------------------------------------------------------- ca show
 
 Status ca_show(const Context& ctx) {
-  KL_TRY(station::Config config, ctx.state().load_config());
-  KL_TRY(auto ledger, ctx.state().open_ledger());
+  KL_TRY(station::Config config, ctx.config());
+  KL_TRY(auto ledger, open_ledger_readonly(ctx));
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
   const ca::Authority& authority = *opened.authority;
   KL_TRY(auto counts, ledger.counts_by_status());
@@ -337,7 +340,7 @@ struct IssueOptions {
 
 Status ca_issue(const Context& ctx, const IssueOptions& o) {
   KL_CHECK(ctx.state().require_initialised());
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(const ca::Profile* profile, station::find_profile(config, o.profile));
   std::optional<ca::RegistrationId> expected;
   if (!o.registration_id.empty()) {
@@ -446,7 +449,7 @@ Status ca_revoke(const Context& ctx, const std::string& serial_text, const std::
   std::string serial = normalise_serial(serial_text);
   if (serial.empty() || !from_hex(serial.size() % 2 ? "0" + serial : serial))
     return fail(Domain::input, "--serial '" + serial_text + "' is not a hexadecimal serial number");
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   std::int64_t now = seconds(ctx.clock().now());
@@ -471,7 +474,7 @@ Status ca_revoke(const Context& ctx, const std::string& serial_text, const std::
 
 Status ca_crl(const Context& ctx, const std::string& out, int days) {
   if (days < 1 || days > 366) return fail(Domain::usage, "--days must be 1 to 366");
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));
@@ -522,7 +525,7 @@ Status ca_crl(const Context& ctx, const std::string& out, int days) {
 }
 
 Status ca_verification_cert(const Context& ctx, const std::string& code, const std::string& out) {
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   KL_TRY(auto opened, ctx.state().open_authority(config, ctx.clock(), ctx.rng()));

@@ -27,6 +27,8 @@ void add_provision_overrides(CLI::App* cmd, ProvisionOverrides& o) {
   cmd->add_option("--keygen-timeout-ms", o.keygen_timeout_ms, "KEYGEN timeout per attempt (default: 15000)")
       ->check(CLI::Range(10, 600000));
   cmd->add_option("--baud", o.baud, "Serial baud rate (default: [provision] baud)")->check(CLI::Range(1200, 4000000));
+  cmd->add_flag("--rtscts", o.rtscts,
+                "RTS/CTS hardware flow control on the serial port (default: [provision] rtscts, off)");
 }
 
 namespace {
@@ -69,7 +71,7 @@ Result<prov::JobSettings> settings_for(ProvisionEnv& env, const ProvisionOverrid
 Result<std::unique_ptr<ProvisionEnv>> open_provision_env(const Context& ctx, const ProvisionOverrides& o) {
   KL_CHECK(ctx.state().require_initialised());
   auto env = std::make_unique<ProvisionEnv>();
-  KL_TRY(env->config, ctx.state().load_config());
+  KL_TRY(env->config, ctx.config());
   const auto& pc = env->config.provision;
   KL_TRY(env->actor, ctx.actor(env->config));
   KL_TRY(station::Ledger ledger, ctx.state().open_ledger());
@@ -77,6 +79,7 @@ Result<std::unique_ptr<ProvisionEnv>> open_provision_env(const Context& ctx, con
   KL_TRY(env->ca, ctx.state().open_authority(env->config, ctx.clock(), ctx.rng()));
   KL_TRY(env->settings, settings_for(*env, o));
   env->baud = o.baud ? o.baud : pc.baud;
+  env->rtscts = o.rtscts || pc.rtscts;
   env->session.timeout = std::chrono::milliseconds(o.timeout_ms ? o.timeout_ms : pc.timeout_ms);
   env->session.baud = env->baud;
   if (o.keygen_timeout_ms) env->session.keygen_timeout = std::chrono::milliseconds(o.keygen_timeout_ms);
@@ -112,10 +115,10 @@ std::string result_line(const prov::JobResult& r) {
 namespace {
 
 Result<std::unique_ptr<station::link::Link>> open_link(const std::string& port, const std::string& usb,
-                                                       unsigned baud) {
+                                                       unsigned baud, bool rtscts) {
   namespace link = station::link;
   if (!port.empty()) {
-    KL_TRY(auto l, link::SerialLink::open(port, {baud, false}));
+    KL_TRY(auto l, link::SerialLink::open(port, {baud, rtscts}));
     return std::unique_ptr<link::Link>(std::move(l));
   }
   KL_TRY(auto sel, link::UsbSelector::parse(usb));
@@ -128,7 +131,7 @@ Status device_provision(const Context& ctx, const std::string& port, const std::
   if (port.empty() == usb.empty())
     return fail(Domain::usage, "give exactly one of --port PATH or --usb VID:PID[:SERIAL]");
   KL_TRY(auto env, open_provision_env(ctx, o));
-  KL_TRY(auto link, open_link(port, usb, env->baud));
+  KL_TRY(auto link, open_link(port, usb, env->baud, env->rtscts));
   prov::DeviceSession session(*link, env->session);
   auto jc = job_context(ctx, *env);
   prov::ProvisioningJob job(session, env->settings, jc);
@@ -138,7 +141,7 @@ Status device_provision(const Context& ctx, const std::string& port, const std::
 }
 
 Status device_list(const Context& ctx) {
-  KL_TRY(station::Ledger ledger, ctx.state().open_ledger());
+  KL_TRY(station::Ledger ledger, open_ledger_readonly(ctx));
   station::Devices devices(ledger);
   json rows = json::array();
   KL_CHECK(devices.for_each([&](const station::DeviceRecord& d) {

@@ -164,9 +164,10 @@ Status apply_common(sd::Enrollment& e, const EnrollmentArgs& a) {
   return {};
 }
 
-Status queue(const Context& ctx, const std::string& kind, const std::string& op, const std::string& id,
-             const json& payload) {
-  KL_TRY(auto config, ctx.state().load_config());
+// `config` comes from ctx.config(), loaded (and checked) before the command
+// reads or changes anything.
+Status queue(const Context& ctx, const station::Config& config, const std::string& kind,
+             const std::string& op, const std::string& id, const json& payload) {
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
   station::audit::Trail trail(ledger, actor, ctx.clock());
@@ -191,6 +192,7 @@ Status queue(const Context& ctx, const std::string& kind, const std::string& op,
 
 Status enrollment_create(const Context& ctx, const EnrollmentArgs& a) {
   KL_TRY(auto regid, ca::RegistrationId::parse(a.id));
+  KL_TRY(auto config, ctx.config());
   auto e = sd::Enrollment::individual(regid.str());
   int chosen = !a.certificate.empty() + !a.key_source.empty() + !a.tpm_ek.empty();
   if (chosen > 1) return fail(Domain::usage, "give at most one of --certificate, --symmetric-key-source, --tpm-ek");
@@ -223,7 +225,7 @@ Status enrollment_create(const Context& ctx, const EnrollmentArgs& a) {
       return fail(Domain::usage, "--symmetric-key-source must be hsm:LABEL or file:PATH");
     payload = sd::with_key_source(payload, a.key_source);
   }
-  return queue(ctx, "individual", "create", regid.str(), payload);
+  return queue(ctx, config, "individual", "create", regid.str(), payload);
 }
 
 // Queues every EnrollmentGroup of a JSON file (one object or an array), as
@@ -270,7 +272,9 @@ Status groups_from_file(const Context& ctx, const EnrollmentArgs& a) {
     auto gid = ca::RegistrationId::parse(g["enrollmentGroupId"].get<std::string>());
     if (!gid) return std::unexpected(gid.error().with_context("--from " + a.from + ": item " + std::to_string(i)));
   }
-  for (const json& g : doc) KL_CHECK(queue(ctx, "group", "create", g["enrollmentGroupId"].get<std::string>(), g));
+  KL_TRY(auto config, ctx.config());
+  for (const json& g : doc)
+    KL_CHECK(queue(ctx, config, "group", "create", g["enrollmentGroupId"].get<std::string>(), g));
   return {};
 }
 
@@ -283,6 +287,7 @@ Status group_create(const Context& ctx, const EnrollmentArgs& a) {
   }
   if (a.id.empty()) return fail(Domain::usage, "dps group create needs a NAME (or --from FILE)");
   KL_TRY(auto gid, ca::RegistrationId::parse(a.id));
+  KL_TRY(auto config, ctx.config());
   auto e = sd::Enrollment::group(gid.str());
   if (a.x509_ca.empty() == a.key_source.empty())
     return fail(Domain::usage, "give exactly one of --x509-ca intermediate|root and --symmetric-key-source");
@@ -301,11 +306,11 @@ Status group_create(const Context& ctx, const EnrollmentArgs& a) {
       return fail(Domain::usage, "--symmetric-key-source must be hsm:LABEL or file:PATH");
     payload = sd::with_key_source(payload, a.key_source);
   }
-  return queue(ctx, "group", "create", gid.str(), payload);
+  return queue(ctx, config, "group", "create", gid.str(), payload);
 }
 
 Status show(const Context& ctx, bool group, const std::string& id) {
-  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto config, ctx.config());
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto e, client->get(kind_of(group), id));
   json doc = printable(e.redacted());
@@ -315,7 +320,7 @@ Status show(const Context& ctx, bool group, const std::string& id) {
 }
 
 Status list(const Context& ctx, bool group) {
-  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto config, ctx.config());
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto all, client->query_all(kind_of(group)));
   json items = json::array();
@@ -339,7 +344,7 @@ std::atomic<bool> g_sync_stop{false};
 extern "C" void on_sync_stop_signal(int) { g_sync_stop.store(true); }
 
 Status sync(const Context& ctx, const EnrollmentArgs& a) {
-  KL_TRY(auto config, ctx.state().load_config());
+  KL_TRY(auto config, ctx.config());
   KL_TRY(auto actor, ctx.actor(config));
   KL_TRY(auto client, open_client(ctx, config));
   KL_TRY(auto ledger, ctx.state().open_ledger());
@@ -388,7 +393,7 @@ Status sync(const Context& ctx, const EnrollmentArgs& a) {
 }
 
 Status status(const Context& ctx) {
-  KL_TRY(auto ledger, ctx.state().open_ledger());
+  KL_TRY(auto ledger, open_ledger_readonly(ctx));
   station::Outbox outbox(ledger);
   KL_TRY(auto counts, outbox.counts());
   KL_TRY(auto dead, outbox.rows_in_state("dead"));
@@ -409,7 +414,7 @@ Status compute_key(const Context& ctx, const EnrollmentArgs& a) {
   KL_TRY(auto regid, ca::RegistrationId::parse(a.id));
   std::string key;
   if (a.group_key_source.starts_with("hsm:")) {
-    KL_TRY(auto config, ctx.state().load_config());
+    KL_TRY(auto config, ctx.config());
     KL_TRY(auto store, ctx.state().open_key_store(config));
     KL_TRY(auto secret, store->secret(a.group_key_source.substr(4)));
     KL_TRY(key, sd::derive_device_key(*secret, regid.str()));
@@ -475,9 +480,11 @@ void add_dps_commands(CLI::App& app, Handler& run) {
     auto* del = parent->add_subcommand("delete", "Queue its deletion");
     del->add_option("id", a->id, "ID")->required();
     del->callback([&run, a, g] {
-      run = [a, g](const Context& c) {
+      run = [a, g](const Context& c) -> Status {
         const char* idm = g ? "enrollmentGroupId" : "registrationId";
-        return queue(c, g ? "group" : "individual", "delete", a->id, json{{idm, a->id}, {"attestation", {{"type", "none"}}}});
+        KL_TRY(auto config, c.config());
+        return queue(c, config, g ? "group" : "individual", "delete", a->id,
+                     json{{idm, a->id}, {"attestation", {{"type", "none"}}}});
       };
     });
     auto* ls = parent->add_subcommand("list", "List them (from DPS)");
@@ -496,7 +503,7 @@ void add_dps_commands(CLI::App& app, Handler& run) {
   rs->add_option("registration-id", a->id)->required();
   rs->callback([&run, a] {
     run = [a](const Context& c) -> Status {
-      KL_TRY(auto config, c.state().load_config());
+      KL_TRY(auto config, c.config());
       KL_TRY(auto client, open_client(c, config));
       KL_TRY(auto st, client->registration_state(a->id));
       std::cout << st.dump(2) << "\n";
@@ -507,7 +514,7 @@ void add_dps_commands(CLI::App& app, Handler& run) {
   rd->add_option("registration-id", a->id)->required();
   rd->callback([&run, a] {
     run = [a](const Context& c) -> Status {
-      KL_TRY(auto config, c.state().load_config());
+      KL_TRY(auto config, c.config());
       KL_TRY(auto client, open_client(c, config));
       KL_CHECK(client->delete_registration_state(a->id));
       std::cout << "deleted the registration state of '" << a->id << "'\n";

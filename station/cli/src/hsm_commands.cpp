@@ -17,7 +17,7 @@ Result<std::unique_ptr<hsm::KeyStore>> open_store(const Context& ctx, const std:
   if (!uri.empty()) return hsm::open(uri, std::filesystem::current_path());
   if (!ctx.state().initialised())
     return fail(Domain::usage, "give --key-store URI (or --state DIR of an initialised station to use its CA key store)");
-  KL_TRY(station::Config config, ctx.state().load_config());
+  KL_TRY(station::Config config, ctx.config());
   return ctx.state().open_key_store(config);
 }
 
@@ -72,33 +72,36 @@ Status hsm_test(const Context& ctx, const std::string& uri, const std::string& l
 Status hsm_secret(const Context& ctx, const std::string& uri, const std::string& label, bool generate,
                   const std::string& from) {
   KL_TRY(auto store, open_store(ctx, uri));
-  // A station's secrets are on its audit trail; the operator and the ledger
-  // are checked before the key store changes.
-  std::optional<station::Ledger> ledger;
-  std::optional<station::audit::Actor> actor;
-  if (ctx.state().initialised()) {
-    KL_TRY(station::Config config, ctx.state().load_config());
-    KL_TRY(actor, ctx.actor(config));
-    KL_TRY(ledger, ctx.state().open_ledger());
-  }
-  if (generate) {
-    KL_CHECK(store->generate_secret(label));
-  } else {
+  std::optional<SecretBytes> imported;
+  if (!generate) {
     KL_TRY(std::string text, read_input(from, 1 << 16, "--from"));
     SecretString b64(std::move(text));
     auto raw = base64_decode(b64.reveal());
     if (!raw || raw->empty())
       return fail(Domain::input, "--from: the group key must be base64 (as the DPS portal and 'az iot dps' show it)");
-    SecretBytes key(std::move(*raw));
-    KL_CHECK(store->import_secret(label, key));
+    imported.emplace(std::move(*raw));
   }
-  if (ledger) {
-    station::audit::Trail trail(*ledger, *actor, ctx.clock());
-    KL_TRY(auto tx, ledger->begin());
+  auto create = [&]() -> Status {
+    return generate ? store->generate_secret(label) : store->import_secret(label, *imported);
+  };
+  if (!ctx.state().initialised()) {
+    KL_CHECK(create());
+  } else {
+    // A station's secrets are on its audit trail. The record goes in first,
+    // in the transaction that then commits it: a ledger that is busy,
+    // read-only or refuses the record refuses before the key store changes,
+    // and a secret whose commit fails is destroyed again.
+    KL_TRY(station::Config config, ctx.config());
+    KL_TRY(station::audit::Actor actor, ctx.actor(config));
+    KL_TRY(station::Ledger ledger, ctx.state().open_ledger());
+    station::audit::Trail trail(ledger, actor, ctx.clock());
+    KL_TRY(auto tx, ledger.begin());
     KL_TRY(auto rec, trail.append("secret.created", {{"label", label}, {"key_store", store->uri()},
                                                      {"origin", generate ? "generated" : "imported"}}));
     (void)rec;
-    KL_CHECK(tx.commit());
+    KL_CHECK(create());
+    if (auto committed = tx.commit(); !committed)
+      return std::unexpected(undo_unrecorded_key(*store, KeyKind::secret, label, committed.error()));
   }
   log::get("hsm")->info("{} secret '{}' in {}", generate ? "generated" : "imported", label, store->uri());
   nlohmann::json doc = {{"label", label}, {"key_store", store->uri()}, {generate ? "generated" : "imported", true}};

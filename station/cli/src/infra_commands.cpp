@@ -31,8 +31,10 @@ Status dps_infra(const Context& ctx, const InfraOptions& o) {
   KL_CHECK(state.require_initialised());
   fs::path config_path = state.config_path();
   KL_TRY(std::string text, files::read(config_path, 1 << 20));
-  // The station's own parser first: it owns the file's other tables.
-  KL_CHECK(station::parse_config(text, config_path.string()));
+  // The station's own parser first: it owns the file's other tables, and
+  // the station id that names the CA certificates must be this station's.
+  KL_TRY(station::Config station_config, station::parse_config(text, config_path.string()));
+  KL_CHECK(check_station_id(ctx, station_config));
   KL_TRY(auto config, infra::parse_infra_config(text, config_path.string()));
   if (config.instance && !o.api_version.empty()) {
     if (config.instance->data_residency && o.api_version == "2021-07-01")

@@ -12,7 +12,7 @@ Status ledger_certificates(const Context& ctx, const std::string& registration_i
                            const std::string& status) {
   if (!status.empty() && status != "active" && status != "revoked" && status != "superseded")
     return fail(Domain::usage, "--status must be active, revoked or superseded");
-  KL_TRY(auto ledger, ctx.state().open_ledger());
+  KL_TRY(auto ledger, open_ledger_readonly(ctx));
   station::CertificateFilter filter;
   if (!registration_id.empty()) {
     std::string lower;

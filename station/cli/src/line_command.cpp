@@ -99,7 +99,7 @@ void serial_worker(const Context& ctx, ProvisionEnv& env, const prov::JobSetting
       sleep_a_bit();
       continue;
     }
-    auto l = link::SerialLink::open(port, {env.baud, false});
+    auto l = link::SerialLink::open(port, {env.baud, env.rtscts});
     if (!l) {
       if (link::has_code(l.error(), link::LinkErrc::not_found)) {
         sleep_a_bit();

@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
       "records every certificate in the station's ledger.",
       "keyline"};
   app.require_subcommand(1);
+  // The global options are also taken after the command
+  // (`keyline ledger certificates --json`); the commands inherit this.
+  app.fallthrough();
   app.set_version_flag("--version", std::string("keyline ") + "0.1.0");
   cli::Globals g;
   const char* env_state = std::getenv("KEYLINE_STATE");

@@ -21,6 +21,7 @@ struct ProvisionOverrides {
   std::int64_t timeout_ms = 0;
   std::int64_t keygen_timeout_ms = 0;
   unsigned baud = 0;
+  bool rtscts = false;  // on with --rtscts; else [provision] rtscts
 };
 
 void add_provision_overrides(CLI::App* cmd, ProvisionOverrides& o);
@@ -35,6 +36,7 @@ struct ProvisionEnv {
   station::provision::JobSettings settings;
   station::provision::SessionOptions session;
   unsigned baud = 115200;
+  bool rtscts = false;
   std::mutex ledger_mutex;
 };
 

@@ -5,8 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 
 #include "keyline/core/files.hpp"
 #include "keyline/station/sqlite_util.hpp"
@@ -277,21 +279,102 @@ Status Ledger::exec(const char* sql) {
 }
 
 Result<Ledger> Ledger::create(const std::filesystem::path& path) {
-  return open_impl(path, true, kSchemaVersion);
+  return open_impl(path, Access::create, kSchemaVersion);
 }
 Result<Ledger> Ledger::open(const std::filesystem::path& path) {
-  return open_impl(path, false, kSchemaVersion);
+  return open_impl(path, Access::write, kSchemaVersion);
 }
 Result<Ledger> Ledger::open_readonly(const std::filesystem::path& path) {
-  return open_impl(path, false, 0, true);
+  return open_impl(path, Access::read, kSchemaVersion);
 }
 Result<Ledger> Ledger::create_at_version(const std::filesystem::path& path, int version) {
-  return open_impl(path, true, version);
+  return open_impl(path, Access::create, version);
 }
 
-Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create, int target,
-                                 bool readonly) {
-  if (create) {
+Result<std::optional<std::string>> Ledger::read_meta(const std::filesystem::path& path,
+                                                     const std::string& key) {
+  KL_TRY(Ledger ledger, open_impl(path, Access::peek, 0));
+  if (ledger.schema_version() < 1) return std::optional<std::string>();  // the meta table came with version 1
+  return ledger.meta(key);
+}
+
+namespace {
+
+// How a connection that only reads opens the ledger file.
+//
+// A live station (this user may write the ledger and its directory): an
+// ordinary read-write connection under PRAGMA query_only. It reads beside a
+// writer as any reader does, and when it closes last it removes ledger.db-wal
+// and -shm as a writer's connection does. (An SQLITE_OPEN_READONLY connection
+// would create both in a writable directory and could never remove them.)
+//
+// A read-only copy (the ledger or its directory has no write permission for
+// anyone -- `chmod -R a-w`, which root's writes would ignore -- or this user
+// may not write it): an SQLITE_OPEN_READONLY connection cannot read a WAL
+// database unless ledger.db-shm exists or it may create it (the first read
+// fails, SQLITE_CANTOPEN or SQLITE_READONLY_CANTINIT), and where it may
+// (root) it creates -wal and -shm. So the copy is opened as
+// `file:...?immutable=1`: no locks, no -wal or -shm, nothing written.
+// WARNING: immutable tells SQLite that nobody changes the file while it
+// reads. That is true of a copy nobody may write; for a ledger this user may
+// not write but its owner may (a live station read from another account) it
+// is an assumption -- such an account should read a copy. Immutable also
+// makes SQLite ignore the WAL, so it is used only when ledger.db-wal holds
+// nothing. Otherwise a user who cannot write reads the log through an
+// SQLITE_OPEN_READONLY connection (SQLite can write nothing then), and a
+// user who could is refused (`refuse`): reading the log would write -shm.
+enum class ReadOpen { shared, immutable, readonly, refuse };
+
+bool write_permission_bits(const struct stat& st) { return (st.st_mode & 0222) != 0; }
+
+ReadOpen read_open_for(const std::filesystem::path& path) {
+  std::filesystem::path dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  struct stat file_st {
+  }, dir_st{};
+  bool marked_read_only = ::stat(path.c_str(), &file_st) != 0 || ::stat(dir.c_str(), &dir_st) != 0 ||
+                          !write_permission_bits(file_st) || !write_permission_bits(dir_st);
+  bool may_write = ::access(path.c_str(), W_OK) == 0 && ::access(dir.c_str(), W_OK) == 0;
+  if (!marked_read_only && may_write) return ReadOpen::shared;
+  struct stat wal_st {};
+  std::string wal = path.string() + "-wal";
+  bool wal_has_frames = ::stat(wal.c_str(), &wal_st) == 0 && wal_st.st_size > 0;
+  if (!wal_has_frames) return ReadOpen::immutable;
+  return may_write ? ReadOpen::refuse : ReadOpen::readonly;
+}
+
+// A file: URI for `path` (RFC 3986 percent-encoding of everything but
+// unreserved characters and '/') with `query`.
+std::string file_uri(const std::filesystem::path& path, std::string_view query) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out = "file:";
+  for (unsigned char c : path.string()) {
+    if (std::isalnum(c) || c == '/' || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out + "?" + std::string(query);
+}
+
+Error unreadable_log(const std::filesystem::path& path, const std::string& detail) {
+  return Error(Domain::state,
+               "ledger " + path.string() + ": " + path.string() +
+                   "-wal holds changes not yet in the ledger file (it was copied while a keyline command was "
+                   "running, or after one stopped abruptly), and a read-only copy cannot take them in" +
+                   (detail.empty() ? std::string() : " (" + detail + ")") +
+                   "; copy the state dir again while no keyline command runs, or make this copy writable "
+                   "(chmod -R u+w " +
+                   path.parent_path().string() + ") and run the command again");
+}
+
+}  // namespace
+
+Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, Access access, int target) {
+  const bool reader = access == Access::read || access == Access::peek;
+  if (access == Access::create) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
       int err = errno;
@@ -304,35 +387,68 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, bool create,
       return fail(Domain::state, "no ledger at " + path.string() +
                                      "; is this the right state dir? Create one with 'keyline ca init'");
   }
+  ReadOpen how = reader ? read_open_for(path) : ReadOpen::shared;
+  if (how == ReadOpen::refuse) return std::unexpected(unreadable_log(path, ""));
+  std::string name = path.string();
+  int flags = SQLITE_OPEN_NOMUTEX;
+  if (how == ReadOpen::shared) {
+    flags |= SQLITE_OPEN_READWRITE;
+  } else if (how == ReadOpen::immutable) {
+    name = file_uri(path, "immutable=1");
+    flags |= SQLITE_OPEN_READONLY | SQLITE_OPEN_URI;
+  } else {
+    flags |= SQLITE_OPEN_READONLY;
+  }
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw,
-                           (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc = sqlite3_open_v2(name.c_str(), &raw, flags, nullptr);
   Ledger ledger(raw, path);
   if (rc != SQLITE_OK) return std::unexpected(ledger.sqlite_error("opening"));
   sqlite3_busy_timeout(raw, 10000);
   sqlite3_extended_result_codes(raw, 1);
-  if (readonly) return ledger;
-  // The first statement reads the header: a corrupt file fails here.
-  KL_CHECK(ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  // A reader changes nothing through its connection. A writer's first
+  // statement reads the header: a corrupt file fails here; a reader's first
+  // read is the application id below.
+  if (reader) {
+    KL_CHECK(ledger.exec("PRAGMA query_only=ON"));
+  } else {
+    KL_CHECK(ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  }
+  auto header_error = [&]() -> Error {
+    int primary = sqlite3_extended_errcode(raw) & 0xff;
+    if (how == ReadOpen::readonly && (primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY))
+      return unreadable_log(path, sqlite3_errmsg(raw));
+    return ledger.sqlite_error("reading the header");
+  };
   Stmt st;
   sqlite3_stmt* s = nullptr;
   if (sqlite3_prepare_v2(raw, "PRAGMA application_id", -1, &s, nullptr) != SQLITE_OK)
-    return std::unexpected(ledger.sqlite_error("reading the header"));
+    return std::unexpected(header_error());
   st.reset(s);
-  if (sqlite3_step(s) != SQLITE_ROW) return std::unexpected(ledger.sqlite_error("reading the header"));
+  if (sqlite3_step(s) != SQLITE_ROW) return std::unexpected(header_error());
   int app = sqlite3_column_int(s, 0);
   st.reset();
   int version = ledger.schema_version();
-  if (create) {
+  if (access == Access::create) {
     KL_CHECK(ledger.exec(("PRAGMA application_id=" + std::to_string(kApplicationId)).c_str()));
   } else if (app != kApplicationId) {
     return fail(Domain::state, path.string() + " is an SQLite database but not a Keyline ledger");
   }
+  if (access == Access::peek) return ledger;
   if (version > kSchemaVersion)
     return fail(Domain::state, "ledger " + path.string() + " has schema version " +
                                    std::to_string(version) + ", newer than this keyline (" +
                                    std::to_string(kSchemaVersion) + "); use a newer keyline");
+  if (access == Access::read) {
+    if (version < kSchemaVersion)
+      return fail(
+          Domain::state,
+          "ledger " + path.string() + " has schema version " + std::to_string(version) +
+              ", older than this keyline's (" + std::to_string(kSchemaVersion) +
+              "), and a command that only reads never migrates it: run a command that changes the "
+              "ledger (for example 'keyline audit export --out FILE') once on the station, or on a "
+              "writable copy of a read-only one, to migrate it; or read it with the keyline that wrote it");
+    return ledger;
+  }
   KL_CHECK(ledger.migrate(target));
   return ledger;
 }

@@ -87,10 +87,14 @@ Status parse_provision(const toml::table& t, std::string_view source, ProvisionC
       auto n = v.value<std::int64_t>();
       if (!n || *n < 1200 || *n > 4000000) return fail(Domain::input, where + "baud must be 1200..4000000");
       p.baud = static_cast<unsigned>(*n);
+    } else if (key == "rtscts") {
+      auto b = v.value<bool>();
+      if (!b) return fail(Domain::input, where + "rtscts must be true or false");
+      p.rtscts = *b;
     } else {
       return fail(Domain::input, where + "unknown key '" + key +
                                      "' (known: mode, registration_id_template, profile, group_key, "
-                                     "individual_key, id_scope, global_endpoint, enrollment, timeout_ms, baud)");
+                                     "individual_key, id_scope, global_endpoint, enrollment, timeout_ms, baud, rtscts)");
     }
   }
   return {};

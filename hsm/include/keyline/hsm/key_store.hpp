@@ -45,6 +45,12 @@ class KeyStore {
   virtual Result<std::shared_ptr<SecretKey>> secret(const std::string& label) = 0;
 
   virtual Result<std::vector<KeyInfo>> list() = 0;
+
+  // Destroy a signing key / a secret. Only to undo a creation that could not
+  // be recorded (the ledger refused its audit record): no command removes a
+  // key that is in use. A label with nothing under it is a keystore error.
+  virtual Status destroy_signing_key(const std::string& label) = 0;
+  virtual Status destroy_secret(const std::string& label) = 0;
 };
 
 // Opens a key store. A relative file: path is taken relative to `base_dir`.

@@ -8,8 +8,9 @@
 //   * at most one *active* certificate per (registration ID, profile)
 //     (partial UNIQUE index);
 //   * status is one of active / revoked / superseded (CHECK).
-// Versioned migrations (PRAGMA user_version) run forward on open, each in a
-// transaction; a ledger newer than this program is refused.
+// Versioned migrations (PRAGMA user_version) run forward in open(), each in
+// a transaction; readers never migrate; a ledger newer than this program is
+// refused.
 
 #include <cstdint>
 #include <filesystem>
@@ -84,8 +85,22 @@ class Ledger {
   // Opens an existing ledger and migrates it forward. A missing file, a file
   // that is not a Keyline ledger, or a corrupt one is a state error that says so.
   static Result<Ledger> open(const std::filesystem::path& path);
-  // A read-only connection (for worker threads); never migrates.
+  // A connection that only reads: nothing changes through it (PRAGMA
+  // query_only) and it never migrates. Safe beside a writer (batch workers,
+  // the commands that only read a station), and it works on a read-only copy
+  // of a state dir -- an auditor's `cp -r` + `chmod -R a-w` -- which it
+  // leaves byte for byte as it was: no -wal or -shm file, whoever runs it
+  // (ledger.cpp, read_open_for, says how). Refuses, saying what to do:
+  //   * a schema older than this program's (a reader cannot migrate it);
+  //   * a schema newer than this program's, as open() does;
+  //   * a read-only copy whose ledger.db-wal holds changes the copy cannot
+  //     take in (it was copied while keyline ran).
   static Result<Ledger> open_readonly(const std::filesystem::path& path);
+  // One value of the meta table (nullopt when absent), read as
+  // open_readonly() reads, but at any schema version: for a check made
+  // before a command opens the ledger (and migrates it).
+  static Result<std::optional<std::string>> read_meta(const std::filesystem::path& path,
+                                                      const std::string& key);
   // For migration tests: creates a ledger at an older schema version.
   static Result<Ledger> create_at_version(const std::filesystem::path& path, int version);
 
@@ -162,8 +177,10 @@ class Ledger {
 
  private:
   Ledger(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
-  static Result<Ledger> open_impl(const std::filesystem::path& path, bool create, int target,
-                                  bool readonly = false);
+  // create: a new file at schema `target`; write: migrate to `target`;
+  // read: the current schema only; peek: any schema (read_meta).
+  enum class Access { create, write, read, peek };
+  static Result<Ledger> open_impl(const std::filesystem::path& path, Access access, int target);
   // A prepared statement kept for the connection's life, reset for reuse.
   Result<sqlite3_stmt*> cached(const char* sql);
   Status migrate(int target);

@@ -65,6 +65,7 @@ struct ProvisionConfig {
   std::string enrollment = "individual";  // individual | group (x509: which DPS enrollment covers the device)
   std::int64_t timeout_ms = 2000;
   unsigned baud = 115200;
+  bool rtscts = false;  // RTS/CTS hardware flow control on serial ports
 };
 
 struct Config {
