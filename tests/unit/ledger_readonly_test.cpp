@@ -3,6 +3,7 @@
 // copy without writing a byte, and the schema versions a reader refuses.
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -102,6 +103,50 @@ TEST(LedgerReadOnly, ReadsACopyNobodyMayWriteAndWritesNothing) {
   EXPECT_EQ(stamp(dir), before) << "written when closed";
 }
 
+// Another account reading a live station's ledger (its owner may write it)
+// never opens it immutable: that would read pages a writer is changing
+// without its locks. With the writer running it reads through the locks;
+// idle, it cannot (no -shm to share) and says to read a copy.
+TEST(LedgerReadOnly, AnotherAccountNeverReadsALiveLedgerUnlocked) {
+  testkit::TempDir tmp;
+  fs::path dir = tmp / "live";
+  fs::create_directory(dir);
+  fs::path path = dir / "ledger.db";
+  make_ledger(path);
+  ::chmod(tmp.path().c_str(), 0755);
+  ::chmod(dir.c_str(), 0755);
+  ::chmod(path.c_str(), 0644);
+  auto writer = Ledger::open(path);  // the station at work: -wal and -shm exist
+  ASSERT_TRUE(writer) << writer.error().message();
+  ASSERT_TRUE(insert(*writer, certificate_record("02", "dev-2")));
+  ::chmod((path.string() + "-shm").c_str(), 0644);
+  {
+    auto own = Ledger::open_readonly(path);  // the owner reads through the locks too
+    ASSERT_TRUE(own) << own.error().message();
+    EXPECT_FALSE(opened_immutable(*own));
+  }
+  if (::geteuid() != 0) return;  // only root can read as another account
+  // 0: read through the locks, not immutable; 1: refused; 2: read unlocked; 3: other failure.
+  auto read_as_nobody = [&]() -> int {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(3);
+      auto l = Ledger::open_readonly(path);
+      if (!l) ::_exit(contains(l.error().message(), "cannot be read without writing") ? 1 : 3);
+      if (opened_immutable(*l)) ::_exit(2);
+      auto c = l->certificate("02");
+      ::_exit(c && *c ? 0 : 3);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 4;
+  };
+  EXPECT_EQ(read_as_nobody(), 0);
+  writer = std::unexpected(Error(Domain::state, "closed"));  // the station stops: -wal and -shm go
+  EXPECT_EQ(names(dir), std::vector<std::string>{"ledger.db"});
+  EXPECT_EQ(read_as_nobody(), 1);  // before, it was opened immutable
+}
+
 TEST(LedgerReadOnly, ReadsALiveLedgerBesideItsWriterAndLeavesNoFiles) {
   testkit::TempDir tmp;
   fs::path path = tmp / "ledger.db";
@@ -130,7 +175,7 @@ TEST(LedgerReadOnly, ReadsALiveLedgerBesideItsWriterAndLeavesNoFiles) {
   EXPECT_FALSE(*writer->meta("x"));
 }
 
-TEST(LedgerReadOnly, RefusesAnOlderSchemaSayingWhatToDo) {
+TEST(LedgerReadOnly, RefusesAnOlderSchemaOnACopySayingWhatToDo) {
   testkit::TempDir tmp;
   fs::path dir = tmp / "old";
   fs::create_directory(dir);
@@ -140,30 +185,40 @@ TEST(LedgerReadOnly, RefusesAnOlderSchemaSayingWhatToDo) {
     ASSERT_TRUE(l) << l.error().message();
     ASSERT_TRUE(l->set_meta("station_id", "old-station"));
   }
-  for (bool read_only_copy : {false, true}) {
-    SCOPED_TRACE(read_only_copy ? "read-only copy" : "writable");
-    if (read_only_copy) mark_read_only(dir);
-    // A writable directory sees SQLite's -wal and -shm come and go; a
-    // read-only copy sees nothing at all.
-    const std::string before = read_only_copy ? stamp(dir) : "";
-    auto l = Ledger::open_readonly(dir / "ledger.db");
-    ASSERT_FALSE(l);
-    const std::string& m = l.error().message();
-    EXPECT_EQ(l.error().domain(), Domain::state);
-    for (const std::string& part :
-         {(dir / "ledger.db").string(), "schema version " + std::to_string(old_version), std::string("older"),
-          std::string("migrate"), std::string("writable copy")})
-      EXPECT_TRUE(contains(m, part)) << "expected '" << part << "' in: " << m;
-    // The station id can still be read (a command checks it before it migrates).
-    auto peeked = Ledger::read_meta(dir / "ledger.db", "station_id");
-    ASSERT_TRUE(peeked) << peeked.error().message();
-    EXPECT_EQ(*peeked, "old-station");
-    EXPECT_EQ(*Ledger::read_meta(dir / "ledger.db", "absent"), std::nullopt);
-    if (read_only_copy) {
-      EXPECT_EQ(stamp(dir), before);
-    }
-    EXPECT_EQ(names(dir), std::vector<std::string>{"ledger.db"});
+  mark_read_only(dir);
+  const std::string before = stamp(dir);
+  auto l = Ledger::open_readonly(dir / "ledger.db");
+  ASSERT_FALSE(l);
+  const std::string& m = l.error().message();
+  EXPECT_EQ(l.error().domain(), Domain::state);
+  for (const std::string& part : {(dir / "ledger.db").string(), "schema version " + std::to_string(old_version),
+                                  std::string("older"), std::string("migrates"), std::string("writable copy")})
+    EXPECT_TRUE(contains(m, part)) << "expected '" << part << "' in: " << m;
+  // The station id can still be read (a command checks it before it migrates).
+  auto peeked = Ledger::read_meta(dir / "ledger.db", "station_id");
+  ASSERT_TRUE(peeked) << peeked.error().message();
+  EXPECT_EQ(*peeked, "old-station");
+  EXPECT_EQ(*Ledger::read_meta(dir / "ledger.db", "absent"), std::nullopt);
+  EXPECT_EQ(stamp(dir), before);
+  EXPECT_EQ(names(dir), std::vector<std::string>{"ledger.db"});
+}
+
+// A live station after an upgrade: its reading commands migrate the ledger
+// as any command does, instead of refusing until something writes.
+TEST(LedgerReadOnly, MigratesAnOlderSchemaOnALiveStation) {
+  testkit::TempDir tmp;
+  const int old_version = Ledger::kSchemaVersion - 1;
+  {
+    auto l = Ledger::create_at_version(tmp / "ledger.db", old_version);
+    ASSERT_TRUE(l) << l.error().message();
+    ASSERT_TRUE(l->set_meta("station_id", "old-station"));
   }
+  auto l = Ledger::open_readonly(tmp / "ledger.db");
+  ASSERT_TRUE(l) << l.error().message();
+  EXPECT_EQ(l->schema_version(), Ledger::kSchemaVersion);
+  EXPECT_EQ(*l->meta("station_id"), "old-station");
+  // Still a reader: it changes nothing.
+  EXPECT_FALSE(l->set_meta("station_id", "other"));
 }
 
 TEST(LedgerReadOnly, RefusesANewerSchemaAsTheWriterDoes) {

@@ -294,7 +294,9 @@ Result<Ledger> Ledger::create_at_version(const std::filesystem::path& path, int 
 Result<std::optional<std::string>> Ledger::read_meta(const std::filesystem::path& path,
                                                      const std::string& key) {
   KL_TRY(Ledger ledger, open_impl(path, Access::peek, 0));
-  if (ledger.schema_version() < 1) return std::optional<std::string>();  // the meta table came with version 1
+  int version = ledger.schema_version();
+  if (version < 0) return std::unexpected(ledger.sqlite_error("reading the schema version"));
+  if (version < 1) return std::optional<std::string>();  // the meta table came with version 1
   return ledger.meta(key);
 }
 
@@ -335,6 +337,11 @@ ReadOpen read_open_for(const std::filesystem::path& path) {
                           !write_permission_bits(file_st) || !write_permission_bits(dir_st);
   bool may_write = ::access(path.c_str(), W_OK) == 0 && ::access(dir.c_str(), W_OK) == 0;
   if (!marked_read_only && may_write) return ReadOpen::shared;
+  // Someone may write it (its owner: a live station read from another
+  // account): never immutable, which would read pages a writer is changing
+  // without its locks. A read-only connection takes the locks and writes
+  // nothing; where SQLite cannot read that way the error says to use a copy.
+  if (!marked_read_only) return ReadOpen::readonly;
   struct stat wal_st {};
   std::string wal = path.string() + "-wal";
   bool wal_has_frames = ::stat(wal.c_str(), &wal_st) == 0 && wal_st.st_size > 0;
@@ -362,8 +369,9 @@ std::string file_uri(const std::filesystem::path& path, std::string_view query) 
 Error unreadable_log(const std::filesystem::path& path, const std::string& detail) {
   return Error(Domain::state,
                "ledger " + path.string() + ": " + path.string() +
-                   "-wal holds changes not yet in the ledger file (it was copied while a keyline command was "
-                   "running, or after one stopped abruptly), and a read-only copy cannot take them in" +
+                   "-wal may hold changes not yet in the ledger file (a copy taken while a keyline command was "
+                   "running or after one stopped abruptly, or a live station this account may not write), and "
+                   "it cannot be read without writing" +
                    (detail.empty() ? std::string() : " (" + detail + ")") +
                    "; copy the state dir again while no keyline command runs, or make this copy writable "
                    "(chmod -R u+w " +
@@ -439,14 +447,23 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, Access acces
                                    std::to_string(version) + ", newer than this keyline (" +
                                    std::to_string(kSchemaVersion) + "); use a newer keyline");
   if (access == Access::read) {
+    // A live station this user may write is migrated as by any command (an
+    // upgrade must not leave its reading commands refusing); a copy is not.
+    if (version < kSchemaVersion && how == ReadOpen::shared) {
+      KL_CHECK(ledger.exec("PRAGMA query_only=OFF; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                           "PRAGMA foreign_keys=ON;"));
+      KL_CHECK(ledger.migrate(kSchemaVersion));
+      KL_CHECK(ledger.exec("PRAGMA query_only=ON"));
+      return ledger;
+    }
     if (version < kSchemaVersion)
       return fail(
           Domain::state,
           "ledger " + path.string() + " has schema version " + std::to_string(version) +
               ", older than this keyline's (" + std::to_string(kSchemaVersion) +
-              "), and a command that only reads never migrates it: run a command that changes the "
-              "ledger (for example 'keyline audit export --out FILE') once on the station, or on a "
-              "writable copy of a read-only one, to migrate it; or read it with the keyline that wrote it");
+              "), and a command that only reads does not migrate a ledger it may not write: make a "
+              "writable copy of the state dir (cp -r) and run this command on the copy, which migrates "
+              "it; or read it with the keyline that wrote it");
     return ledger;
   }
   KL_CHECK(ledger.migrate(target));
