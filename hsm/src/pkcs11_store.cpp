@@ -512,6 +512,22 @@ class Pkcs11Store final : public KeyStore {
   Result<std::shared_ptr<Signer>> generate_signing_key(const std::string& label,
                                                        Algorithm algorithm) override {
     KL_CHECK(validate_label(label));
+    KL_CHECK(generate_key_pair(label, algorithm));
+    logger()->info("generated {} key '{}' in {} (sensitive, not extractable)", to_string(algorithm), label,
+                   token_->name());
+    auto made = signer(label);
+    if (made) return made;
+    // The pair exists but cannot be used (e.g. a stale public key under the
+    // same label): it goes again, so that no key is left that nobody chose.
+    auto undone = destroy(label, {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY});
+    return std::unexpected(made.error().with_context(
+        undone ? "the new key '" + label + "' was made and removed again"
+               : "the new key '" + label + "' was made and could not be removed (" + undone.error().message() +
+                     "); remove it with the token's tools"));
+  }
+
+ private:
+  Status generate_key_pair(const std::string& label, Algorithm algorithm) {
     std::lock_guard lock(create_mu_);
     KeyTemplate t{.id = label_id(label), .label = label};
     bool ec = is_ec(algorithm);
@@ -545,11 +561,10 @@ class Pkcs11Store final : public KeyStore {
                                                 label + "' in " + token_->name()));
       return true;
     }));
-    logger()->info("generated {} key '{}' in {} (sensitive, not extractable)", to_string(algorithm), label,
-                   token_->name());
-    return signer(label);
+    return {};
   }
 
+ public:
   Result<std::shared_ptr<Signer>> signer(const std::string& label) override {
     KL_CHECK(validate_label(label));
     struct Loaded {
@@ -659,16 +674,19 @@ class Pkcs11Store final : public KeyStore {
 
  private:
   // Destroys the objects labelled `label` of the given classes (the first
-  // names the key): the token objects and Keyline's session copies of them.
+  // names the key) that carry the CKA_ID Keyline gives that label: the token
+  // objects and Keyline's session copies of them. An object another
+  // application left under the same label, with another CKA_ID, stays.
   // run() may repeat the operation after a lost session: the count of what
   // was destroyed spans the attempts. Cached handles are forgotten.
   Status destroy(const std::string& label, std::initializer_list<CK_OBJECT_CLASS> classes) {
     std::lock_guard lock(create_mu_);
+    const Bytes id = label_id(label);
     const std::string what = Token::class_word(*classes.begin()) + " '" + label + "'";
     int destroyed = 0;
     auto done = token_->run<bool>([&](CK_SESSION_HANDLE s) -> Result<bool> {
       for (CK_OBJECT_CLASS cls : classes) {
-        KL_TRY(auto handles, labelled_objects(s, cls, label));
+        KL_TRY(auto handles, labelled_objects(s, cls, label, id));
         for (CK_OBJECT_HANDLE h : handles) {
           CK_RV rv = token_->f().C_DestroyObject(s, h);
           if (rv != CKR_OK)
@@ -686,12 +704,14 @@ class Pkcs11Store final : public KeyStore {
     return {};
   }
 
-  // Every object of class `cls` labelled `label`, on the token or in a session.
+  // Every object of class `cls` labelled `label` with CKA_ID `id`, on the
+  // token or in a session.
   Result<std::vector<CK_OBJECT_HANDLE>> labelled_objects(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                                                         const std::string& label) {
+                                                         const std::string& label, const Bytes& id) {
     CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
-                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 2);
+                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                           {CKA_ID, const_cast<unsigned char*>(id.data()), id.size()}};
+    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 3);
     if (rv != CKR_OK)
       return std::unexpected(ck_error(rv, "searching " + token_->name() + " for '" + label + "'"));
     std::vector<CK_OBJECT_HANDLE> out;

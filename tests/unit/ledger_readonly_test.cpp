@@ -147,6 +147,38 @@ TEST(LedgerReadOnly, AnotherAccountNeverReadsALiveLedgerUnlocked) {
   EXPECT_EQ(read_as_nobody(), 1);  // before, it was opened immutable
 }
 
+// A batch worker reads beside its own writer whatever the permission bits
+// say: open_readonly would take a write-protected ledger for a copy (and
+// read it immutable, blind to the writer's commits, or refuse it).
+TEST(LedgerReadOnly, AReaderBesideItsWriterAlwaysSeesItsCommits) {
+  testkit::TempDir tmp;
+  fs::path dir = tmp / "station";
+  fs::create_directory(dir);
+  fs::path path = dir / "ledger.db";
+  make_ledger(path);
+  auto writer = Ledger::open(path);
+  ASSERT_TRUE(writer) << writer.error().message();
+  ASSERT_TRUE(insert(*writer, certificate_record("02", "dev-2")));
+  const bool root = ::geteuid() == 0;
+  if (root) {  // root writes whatever the bits say; the bits still read "copy"
+    ::chmod(path.c_str(), 0444);
+    ::chmod(dir.c_str(), 0555);
+    EXPECT_FALSE(Ledger::open_readonly(path)) << "a write-protected ledger with a log reads as a copy";
+  }
+  auto reader = Ledger::open_beside_writer(path);
+  ASSERT_TRUE(reader) << reader.error().message();
+  EXPECT_FALSE(opened_immutable(*reader));
+  ASSERT_TRUE(insert(*writer, certificate_record("03", "dev-3")));
+  auto seen = reader->certificate("03");
+  ASSERT_TRUE(seen) << seen.error().message();
+  EXPECT_TRUE(*seen) << "the reader sees what its writer committed";
+  EXPECT_FALSE(reader->exec("INSERT INTO meta (key, value) VALUES ('x', 'y')"));
+  if (root) {
+    ::chmod(dir.c_str(), 0700);
+    ::chmod(path.c_str(), 0600);
+  }
+}
+
 TEST(LedgerReadOnly, ReadsALiveLedgerBesideItsWriterAndLeavesNoFiles) {
   testkit::TempDir tmp;
   fs::path path = tmp / "ledger.db";

@@ -208,10 +208,46 @@ TEST_F(Pkcs11Store, DestroyRemovesTheKeyPairOrTheSecret) {
   ASSERT_TRUE(found);
   EXPECT_EQ((*found)->public_key(), (*second)->public_key());
 
+  // Another application's object under the same label (another CKA_ID) is
+  // not Keyline's to destroy: a session object, made beside the store.
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+  CK_BBOOL no = CK_FALSE;
+  unsigned char value[32] = {7};
+  unsigned char other_id[] = {1, 2, 3};
+  std::string label = "undo-secret";
+  CK_ATTRIBUTE foreign_tmpl[] = {{CKA_CLASS, &cls, sizeof cls},         {CKA_KEY_TYPE, &type, sizeof type},
+                                 {CKA_TOKEN, &no, sizeof no},           {CKA_LABEL, label.data(), label.size()},
+                                 {CKA_ID, other_id, sizeof other_id},   {CKA_VALUE, value, sizeof value}};
+  CK_OBJECT_HANDLE foreign = CK_INVALID_HANDLE;
+  ASSERT_EQ(raw.f().C_CreateObject(raw.session(), foreign_tmpl, 6, &foreign), CKR_OK);
+
   ASSERT_TRUE(store_->destroy_secret("undo-secret"));
-  EXPECT_FALSE(store_->secret("undo-secret"));
-  EXPECT_EQ(raw.find(CKO_SECRET_KEY, "undo-secret"), CK_INVALID_HANDLE);
+  EXPECT_EQ(raw.find(CKO_SECRET_KEY, "undo-secret"), foreign) << "only the foreign object is left";
   EXPECT_FALSE(store_->destroy_secret("undo-secret"));
+  raw.f().C_DestroyObject(raw.session(), foreign);
+  EXPECT_FALSE(store_->secret("undo-secret"));
+}
+
+// A key made but unusable (here: a stale public key left under its label)
+// is removed again, so no key exists that nobody recorded.
+TEST_F(Pkcs11Store, AKeyPairThatCannotBeUsedIsRemovedAgain) {
+  ASSERT_TRUE(store_->generate_signing_key("stale", Algorithm::ec_p256));
+  RawToken raw(hsm_.label());
+  CK_SESSION_HANDLE rw = CK_INVALID_HANDLE;
+  ASSERT_EQ(raw.f().C_OpenSession(raw.slot(), CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &rw), CKR_OK);
+  CK_OBJECT_HANDLE old_priv = raw.find(CKO_PRIVATE_KEY, "stale");
+  ASSERT_NE(old_priv, CK_INVALID_HANDLE);
+  ASSERT_EQ(raw.f().C_DestroyObject(rw, old_priv), CKR_OK);  // its public half stays behind
+  raw.f().C_CloseSession(rw);
+
+  auto again = store_->generate_signing_key("stale", Algorithm::ec_p256);
+  ASSERT_FALSE(again) << "two public keys under one label cannot name one key";
+  EXPECT_NE(again.error().message().find("made and removed again"), std::string::npos) << again.error().message();
+  EXPECT_EQ(raw.find(CKO_PRIVATE_KEY, "stale"), CK_INVALID_HANDLE) << "the new private key is gone";
+  EXPECT_EQ(raw.find(CKO_PUBLIC_KEY, "stale"), CK_INVALID_HANDLE);
+  // The label works again.
+  EXPECT_TRUE(store_->generate_signing_key("stale", Algorithm::ec_p256));
 }
 
 TEST_F(Pkcs11Store, WrongDigestLengthIsRefused) {

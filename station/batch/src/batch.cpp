@@ -332,7 +332,7 @@ class Pipeline {
   // ---------------------------------------------------------------- workers
 
   void work() {
-    auto reader = Ledger::open_readonly(ledger_path_);
+    auto reader = Ledger::open_beside_writer(ledger_path_);
     if (!reader) {
       fail_pipeline(reader.error());
     } else {

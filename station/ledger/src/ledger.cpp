@@ -287,6 +287,9 @@ Result<Ledger> Ledger::open(const std::filesystem::path& path) {
 Result<Ledger> Ledger::open_readonly(const std::filesystem::path& path) {
   return open_impl(path, Access::read, kSchemaVersion);
 }
+Result<Ledger> Ledger::open_beside_writer(const std::filesystem::path& path) {
+  return open_impl(path, Access::beside, kSchemaVersion);
+}
 Result<Ledger> Ledger::create_at_version(const std::filesystem::path& path, int version) {
   return open_impl(path, Access::create, version);
 }
@@ -381,7 +384,7 @@ Error unreadable_log(const std::filesystem::path& path, const std::string& detai
 }  // namespace
 
 Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, Access access, int target) {
-  const bool reader = access == Access::read || access == Access::peek;
+  const bool reader = access == Access::read || access == Access::peek || access == Access::beside;
   if (access == Access::create) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -395,7 +398,7 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, Access acces
       return fail(Domain::state, "no ledger at " + path.string() +
                                      "; is this the right state dir? Create one with 'keyline ca init'");
   }
-  ReadOpen how = reader ? read_open_for(path) : ReadOpen::shared;
+  ReadOpen how = reader && access != Access::beside ? read_open_for(path) : ReadOpen::shared;
   if (how == ReadOpen::refuse) return std::unexpected(unreadable_log(path, ""));
   std::string name = path.string();
   int flags = SQLITE_OPEN_NOMUTEX;
@@ -446,6 +449,13 @@ Result<Ledger> Ledger::open_impl(const std::filesystem::path& path, Access acces
     return fail(Domain::state, "ledger " + path.string() + " has schema version " +
                                    std::to_string(version) + ", newer than this keyline (" +
                                    std::to_string(kSchemaVersion) + "); use a newer keyline");
+  if (access == Access::beside) {
+    if (version != kSchemaVersion)
+      return fail(Domain::internal, "ledger " + path.string() + " has schema version " + std::to_string(version) +
+                                        " beside a writer that should have made it " +
+                                        std::to_string(kSchemaVersion));
+    return ledger;
+  }
   if (access == Access::read) {
     // A live station this user may write is migrated as by any command (an
     // upgrade must not leave its reading commands refusing); a copy is not.

@@ -86,16 +86,22 @@ class Ledger {
   // that is not a Keyline ledger, or a corrupt one is a state error that says so.
   static Result<Ledger> open(const std::filesystem::path& path);
   // A connection that only reads: nothing changes through it (PRAGMA
-  // query_only) and it never migrates. Safe beside a writer (batch workers,
-  // the commands that only read a station), and it works on a read-only copy
-  // of a state dir -- an auditor's `cp -r` + `chmod -R a-w` -- which it
-  // leaves byte for byte as it was: no -wal or -shm file, whoever runs it
-  // (ledger.cpp, read_open_for, says how). Refuses, saying what to do:
-  //   * a schema older than this program's (a reader cannot migrate it);
+  // query_only). Safe beside a writer (the commands that only read a
+  // station), and it works on a read-only copy of a state dir -- an
+  // auditor's `cp -r` + `chmod -R a-w` -- which it leaves byte for byte as
+  // it was: no -wal or -shm file, whoever runs it (ledger.cpp,
+  // read_open_for, says how). A live station this user may write is
+  // migrated first, as open() would. Refuses, saying what to do:
+  //   * an older schema on a ledger this user may not write;
   //   * a schema newer than this program's, as open() does;
   //   * a read-only copy whose ledger.db-wal holds changes the copy cannot
-  //     take in (it was copied while keyline ran).
+  //     take in (it was copied while keyline ran), and a live ledger of
+  //     another account that SQLite cannot read without writing.
   static Result<Ledger> open_readonly(const std::filesystem::path& path);
+  // A reader beside this process's own writer (batch workers): an ordinary
+  // connection under query_only, whatever the file's permission bits say,
+  // so it always sees what the writer committed. The writer has migrated.
+  static Result<Ledger> open_beside_writer(const std::filesystem::path& path);
   // One value of the meta table (nullopt when absent), read as
   // open_readonly() reads, but at any schema version: for a check made
   // before a command opens the ledger (and migrates it).
@@ -179,7 +185,7 @@ class Ledger {
   Ledger(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
   // create: a new file at schema `target`; write: migrate to `target`;
   // read: the current schema only; peek: any schema (read_meta).
-  enum class Access { create, write, read, peek };
+  enum class Access { create, write, read, peek, beside };
   static Result<Ledger> open_impl(const std::filesystem::path& path, Access access, int target);
   // A prepared statement kept for the connection's life, reset for reuse.
   Result<sqlite3_stmt*> cached(const char* sql);
