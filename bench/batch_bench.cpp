@@ -286,11 +286,19 @@ int main(int argc, char** argv) {
   if (!memory.empty()) fs::create_directories(memory);
 
   // What creating a leaf-sized file costs where the runs write (the writer
-  // creates one per certificate), measured before the runs.
+  // creates one per certificate), measured before and after the runs like
+  // the crypto limit, each time after a sync (making the CSRs leaves
+  // writeback behind); the faster is used, which gives the higher bound.
   constexpr std::size_t kLeafPemBytes = 700;
+  auto measure_files = [&](double& disk, double& mem) {
+    ::sync();
+    disk = file_limit(runs / "files", n, kLeafPemBytes);
+    mem = memory.empty() ? 0 : file_limit(memory / "files", n, kLeafPemBytes);
+    if (!memory.empty()) fs::remove_all(memory / "files");
+  };
   std::printf("Measuring file creation (%zu files of %zu bytes, syncfs every 1,000) ...\n", n, kLeafPemBytes);
-  double files_disk = file_limit(runs / "files", n, kLeafPemBytes);
-  double files_memory = memory.empty() ? 0 : file_limit(memory / "files", n, kLeafPemBytes);
+  double files_disk_before = 0, files_memory_before = 0;
+  measure_files(files_disk_before, files_memory_before);
 
   int run_no = 0;
   auto batch = [&](const std::string& what, const fs::path& where, std::vector<std::string> extra, std::size_t count,
@@ -309,6 +317,14 @@ int main(int argc, char** argv) {
       argv.insert(argv.end(), extra.begin(), extra.end());
       Run r = run(argv);
       bool ok = r.exit_code == 0 && check(state, out, count, key_suffix);
+      // In memory, a run's files go once checked, so the next run reuses
+      // their pages, as on a station that has been running. On this kind of
+      // VM the first touch of a page the guest has never used costs several
+      // microseconds in the host; a run on fresh pages measures that.
+      if (where == memory) {
+        fs::remove_all(state);
+        fs::remove_all(out);
+      }
       double rate = static_cast<double>(count) / r.seconds;
       best.ok = best.ok && ok;
       if (rate > best.rate) {
@@ -343,6 +359,10 @@ int main(int argc, char** argv) {
     batch("csr-dir --jobs 2", memory, with(csrs, {"--jobs", "2"}), n, limit_csr, "", 3);
   }
 
+  double files_disk_after = 0, files_memory_after = 0;
+  measure_files(files_disk_after, files_memory_after);
+  double files_disk = std::max(files_disk_before, files_disk_after);
+  double files_memory = std::max(files_memory_before, files_memory_after);
   double limit_csr_after = bench::csr_crypto_limit();
   double limit_gen_after = generate_limit(rc);
   limit_csr = std::max(limit_csr_before, limit_csr_after);
@@ -356,14 +376,17 @@ int main(int argc, char** argv) {
   // One core doing the crypto and creating the file, nothing else: the most
   // --jobs 1 can do where it writes.
   auto bound = [&](double files) { return 1.0 / (1.0 / limit_csr + 1.0 / files); };
-  std::printf("File creation, %zu-byte files, 1 thread, syncfs every 1,000 (the writer makes one per certificate):\n",
+  std::printf("File creation, %zu-byte files, 1 thread, syncfs every 1,000 (the writer makes one per certificate;\n"
+              "measured before / after the runs; the faster is used):\n",
               kLeafPemBytes);
-  auto file_line = [&](const char* storage, const fs::path& where, double files) {
-    std::printf("  %-6s %-40s %8.0f files/s = %5.1f us each; crypto + file alone, 1 core: %6.0f/s = %.2f x limit\n",
-                storage, where.c_str(), files, 1e6 / files, bound(files), bound(files) / limit_csr);
+  auto file_line = [&](const char* storage, const fs::path& where, double before, double after) {
+    double files = std::max(before, after);
+    std::printf("  %-6s %-36s %7.0f / %7.0f files/s = %5.1f us each; crypto + file alone, 1 core: %6.0f/s = %.2f x "
+                "limit\n",
+                storage, where.c_str(), before, after, 1e6 / files, bound(files), bound(files) / limit_csr);
   };
-  file_line("disk", runs, files_disk);
-  if (!memory.empty()) file_line("memory", memory, files_memory);
+  file_line("disk", runs, files_disk_before, files_disk_after);
+  if (!memory.empty()) file_line("memory", memory, files_memory_before, files_memory_after);
   else std::printf("  memory: /dev/shm is not a tmpfs here; the in-memory runs are left out\n");
   std::printf("\n(best of three runs for the CSR batches, two for --generate, one for the big batch; certificates/s\n"
               " over the whole command, start-up included)\n");
@@ -378,15 +401,22 @@ int main(int argc, char** argv) {
                 r.rate / r.limit, vs_bound, static_cast<double>(r.rss_kib) / 1024.0, r.ok ? "ok" : "FAIL");
     all_ok = all_ok && r.ok;
   }
-  auto targets = [&](const char* storage, double j1, double j2) {
-    std::printf("  %-6s --jobs 1 >= 0.6 x crypto limit:   %.2f  %s\n", storage, j1 / limit_csr,
+  // A --jobs 1 target that is not met is set against the bound above: when
+  // the crypto and the file alone stay under 0.6 x on one core, no software
+  // can meet it where the files go.
+  auto targets = [&](const char* storage, double j1, double j2, double files) {
+    std::printf("  %-6s --jobs 1 >= 0.6 x crypto limit:   %.2f  %s", storage, j1 / limit_csr,
                 j1 / limit_csr >= 0.6 ? "met" : "NOT MET");
+    if (j1 / limit_csr < 0.6)
+      std::printf(" (crypto + file alone, 1 core: %.2f x; this run: %.2f x that)", bound(files) / limit_csr,
+                  j1 / bound(files));
+    std::printf("\n");
     std::printf("  %-6s --jobs 2 >= 1.7 x --jobs 1:       %.2f  %s\n", storage, j2 / j1, j2 / j1 >= 1.7 ? "met" : "NOT MET");
   };
   double rss_small = static_cast<double>(rows[1].rss_kib), rss_big = static_cast<double>(rows[4].rss_kib);
   std::printf("\nTargets:\n");
-  targets("disk", rows[0].rate, rows[1].rate);
-  if (!memory.empty()) targets("memory", rows[5].rate, rows[6].rate);
+  targets("disk", rows[0].rate, rows[1].rate, files_disk);
+  if (!memory.empty()) targets("memory", rows[5].rate, rows[6].rate, files_memory);
   std::printf("  disk   RSS at %zu <= 1.2 x RSS at %zu: %.2f  %s\n", big, n, rss_big / rss_small,
               rss_big / rss_small <= 1.2 ? "met" : "NOT MET");
   X509_free(rc);

@@ -228,19 +228,30 @@ Result<std::optional<CK_OBJECT_HANDLE>> Token::find_object(CK_SESSION_HANDLE s, 
                          {CKA_TOKEN, &on_token, sizeof on_token},
                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
                          {CKA_ID, const_cast<unsigned char*>(id.data()), id.size()}};
-  CK_RV rv = f().C_FindObjectsInit(s, tmpl, id.empty() ? 3 : 4);
-  if (rv != CKR_OK) return std::unexpected(ck_error(rv, "searching " + name_ + " for '" + label + "'"));
-  CK_OBJECT_HANDLE found[2] = {};
-  CK_ULONG n = 0;
-  rv = f().C_FindObjects(s, found, 2, &n);
-  f().C_FindObjectsFinal(s);
-  if (rv != CKR_OK) return std::unexpected(ck_error(rv, "searching " + name_ + " for '" + label + "'"));
-  if (n == 0) return std::nullopt;
-  if (n > 1)
+  KL_TRY(auto found, find_all(s, std::span(tmpl, id.empty() ? 3 : 4), "searching " + name_ + " for '" + label + "'"));
+  if (found.empty()) return std::nullopt;
+  if (found.size() > 1)
     return fail(Domain::keystore,
                 name_ + " holds more than one " + class_word(cls) + " labelled '" + label +
                     "'; Keyline will not guess which one to use: relabel or remove the extra one");
   return found[0];
+}
+
+Result<std::vector<CK_OBJECT_HANDLE>> Token::find_all(CK_SESSION_HANDLE s, std::span<CK_ATTRIBUTE> tmpl,
+                                                      const std::string& what) {
+  CK_RV rv = f().C_FindObjectsInit(s, tmpl.data(), tmpl.size());
+  if (rv != CKR_OK) return std::unexpected(ck_error(rv, what));
+  std::vector<CK_OBJECT_HANDLE> out;
+  for (;;) {
+    CK_OBJECT_HANDLE batch[32];
+    CK_ULONG n = 0;
+    rv = f().C_FindObjects(s, batch, 32, &n);
+    if (rv != CKR_OK || n == 0) break;
+    out.insert(out.end(), batch, batch + n);
+  }
+  f().C_FindObjectsFinal(s);
+  if (rv != CKR_OK) return std::unexpected(ck_error(rv, what));
+  return out;
 }
 
 Result<CK_OBJECT_HANDLE> Token::key(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const std::string& label) {
@@ -711,21 +722,7 @@ class Pkcs11Store final : public KeyStore {
     CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
                            {CKA_ID, const_cast<unsigned char*>(id.data()), id.size()}};
-    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 3);
-    if (rv != CKR_OK)
-      return std::unexpected(ck_error(rv, "searching " + token_->name() + " for '" + label + "'"));
-    std::vector<CK_OBJECT_HANDLE> out;
-    for (;;) {
-      CK_OBJECT_HANDLE batch[16];
-      CK_ULONG n = 0;
-      rv = token_->f().C_FindObjects(s, batch, 16, &n);
-      if (rv != CKR_OK || n == 0) break;
-      out.insert(out.end(), batch, batch + n);
-    }
-    token_->f().C_FindObjectsFinal(s);
-    if (rv != CKR_OK)
-      return std::unexpected(ck_error(rv, "searching " + token_->name() + " for '" + label + "'"));
-    return out;
+    return token_->find_all(s, tmpl, "searching " + token_->name() + " for '" + label + "'");
   }
 
   // A CKK_GENERIC_SECRET token object: generated (32 bytes) when `value` is null, else imported.
@@ -766,19 +763,7 @@ class Pkcs11Store final : public KeyStore {
   Result<std::vector<CK_OBJECT_HANDLE>> all_objects(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls) {
     CK_BBOOL on_token = CK_TRUE;  // not Keyline's own session copies
     CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_TOKEN, &on_token, sizeof on_token}};
-    CK_RV rv = token_->f().C_FindObjectsInit(s, tmpl, 2);
-    if (rv != CKR_OK) return std::unexpected(ck_error(rv, "listing the keys of " + token_->name()));
-    std::vector<CK_OBJECT_HANDLE> out;
-    for (;;) {
-      CK_OBJECT_HANDLE batch[32];
-      CK_ULONG n = 0;
-      rv = token_->f().C_FindObjects(s, batch, 32, &n);
-      if (rv != CKR_OK || n == 0) break;
-      out.insert(out.end(), batch, batch + n);
-    }
-    token_->f().C_FindObjectsFinal(s);
-    if (rv != CKR_OK) return std::unexpected(ck_error(rv, "listing the keys of " + token_->name()));
-    return out;
+    return token_->find_all(s, tmpl, "listing the keys of " + token_->name());
   }
 
   std::shared_ptr<Token> token_;

@@ -49,6 +49,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -189,6 +190,10 @@ class Token {
   // not empty); nullopt when there is none; an error when there are several.
   Result<std::optional<CK_OBJECT_HANDLE>> find_object(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                                                       const std::string& label, const Bytes& id = {});
+  // Every object that matches `tmpl`; `what` names the search in an error
+  // ("searching the token for 'x'").
+  Result<std::vector<CK_OBJECT_HANDLE>> find_all(CK_SESSION_HANDLE s, std::span<CK_ATTRIBUTE> tmpl,
+                                                 const std::string& what);
   // Like find_object, cached per label, and an error naming the label when absent.
   Result<CK_OBJECT_HANDLE> key(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const std::string& label);
   Result<Bytes> attribute(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,

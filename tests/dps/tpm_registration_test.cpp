@@ -43,6 +43,7 @@ json stored_identity(const fs::path& emu_state, const std::string& regid) {
   sqlite3* db = nullptr;
   json out;
   if (sqlite3_open_v2((emu_state / "emulator.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);  // the running emulator may hold a lock
     sqlite3_stmt* s = nullptr;
     if (sqlite3_prepare_v2(db, "SELECT doc FROM tpm_identities WHERE id = ?", -1, &s, nullptr) == SQLITE_OK) {
       sqlite3_bind_text(s, 1, regid.c_str(), -1, SQLITE_TRANSIENT);

@@ -42,6 +42,9 @@ inline std::vector<std::vector<std::string>> query(const fs::path& state, const 
     sqlite3_close(db);
     return rows;
   }
+  // The station may be writing (a test polls a running line): wait out its
+  // locks instead of failing with "database is locked".
+  sqlite3_busy_timeout(db, 5000);
   sqlite3_stmt* s = nullptr;
   if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) != SQLITE_OK) {
     ADD_FAILURE() << sqlite3_errmsg(db) << " in " << sql;

@@ -1,5 +1,6 @@
 // The pkcs11: key store against a real SoftHSM2 token made per test
-// (testkit::SoftHsm): the KeyStoreSuite checks, plus what only a token can
+// (testkit::SoftHsm): the checks every key store passes (key_store_checks.hpp),
+// plus what only a token can
 // show -- keys that never leave it, PIN handling, session recovery.
 #include <gtest/gtest.h>
 
@@ -24,33 +25,12 @@
 #include "keyline/hsm/pkcs11_uri.hpp"
 #include "keyline/testkit/softhsm.hpp"
 #include "keyline/testkit/testkit.hpp"
+#include "key_store_checks.hpp"
 
 namespace keyline::hsm {
 namespace {
 
-Bytes bytes_of(std::string_view s) { return Bytes(s.begin(), s.end()); }
-
-// A PIN / auth file as an operator should make it: owner-only.
-void write_secret_file(const testkit::fs::path& path, const std::string& text) {
-  testkit::write_file(path, text);
-  testkit::fs::permissions(path, testkit::fs::perms::owner_read | testkit::fs::perms::owner_write);
-}
-
-Bytes digest_of(ByteView message, Algorithm a) {
-  Bytes digest(digest_size(digest_for(a)));
-  unsigned int len = 0;
-  EVP_Digest(message.data(), message.size(), digest.data(), &len, evp_md(digest_for(a)), nullptr);
-  return digest;
-}
-
-bool verifies(const Signer& signer, ByteView message, ByteView signature) {
-  auto pub = public_key_from_der(signer.public_key());
-  EXPECT_TRUE(pub);
-  if (!pub) return false;
-  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
-  EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(digest_for(signer.algorithm())), nullptr, pub->get());
-  return EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
-}
+using namespace test;
 
 // A direct Cryptoki view of the token, to inspect what the store made. It
 // joins the store's module instance (C_Initialize -> ALREADY_INITIALIZED) and
@@ -167,46 +147,24 @@ INSTANTIATE_TEST_SUITE_P(Algorithms, Pkcs11KeyStore,
                          });
 
 TEST_F(Pkcs11Store, NeverOverwritesAKeyAndNamesMissingOnes) {
-  ASSERT_TRUE(store_->generate_signing_key("ca", Algorithm::ec_p256));
-  auto dup = store_->generate_signing_key("ca", Algorithm::ec_p384);
-  ASSERT_FALSE(dup);
-  EXPECT_EQ(dup.error().domain(), Domain::keystore);
-  EXPECT_NE(dup.error().message().find("already exists"), std::string::npos);
-  auto missing = store_->signer("nope");
-  ASSERT_FALSE(missing);
-  EXPECT_EQ(missing.error().domain(), Domain::keystore);
-  EXPECT_NE(missing.error().message().find("'nope'"), std::string::npos);
-  EXPECT_FALSE(store_->generate_signing_key("bad label", Algorithm::ec_p256));
+  expect_never_overwrites_and_names_missing_keys(*store_);
+  EXPECT_FALSE(store_->generate_signing_key("ca", Algorithm::ec_p384)) << "not under another algorithm either";
   EXPECT_FALSE(store_->is_development());
 }
 
 TEST_F(Pkcs11Store, DestroyRemovesTheKeyPairOrTheSecret) {
-  auto first = store_->generate_signing_key("undo", Algorithm::ec_p256);
-  ASSERT_TRUE(first) << first.error().message();
-  // Signing caches the key's handle (and a session copy of it).
-  Bytes message = bytes_of("before");
-  auto sig = (*first)->sign(digest_of(message, Algorithm::ec_p256));
-  ASSERT_TRUE(sig) << sig.error().message();
+  expect_destroy_frees_the_label(*store_, "undo");
+  // On the token itself, both halves of a pair go.
+  ASSERT_TRUE(store_->generate_signing_key("pair", Algorithm::ec_p256));
   ASSERT_TRUE(store_->generate_secret("undo-secret"));
   RawToken raw(hsm_.label());  // joins the store's login: sees its private objects
-  ASSERT_NE(raw.find(CKO_PRIVATE_KEY, "undo"), CK_INVALID_HANDLE);
-  ASSERT_NE(raw.find(CKO_PUBLIC_KEY, "undo"), CK_INVALID_HANDLE);
+  ASSERT_NE(raw.find(CKO_PRIVATE_KEY, "pair"), CK_INVALID_HANDLE);
+  ASSERT_NE(raw.find(CKO_PUBLIC_KEY, "pair"), CK_INVALID_HANDLE);
   ASSERT_NE(raw.find(CKO_SECRET_KEY, "undo-secret"), CK_INVALID_HANDLE);
-
-  ASSERT_TRUE(store_->destroy_signing_key("undo"));
-  EXPECT_FALSE(store_->signer("undo"));
-  EXPECT_EQ(raw.find(CKO_PRIVATE_KEY, "undo"), CK_INVALID_HANDLE);
-  EXPECT_EQ(raw.find(CKO_PUBLIC_KEY, "undo"), CK_INVALID_HANDLE) << "the public half goes too";
-  auto twice = store_->destroy_signing_key("undo");
-  ASSERT_FALSE(twice);
-  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
-  // The label is free again, and the new key is the one found by label.
-  auto second = store_->generate_signing_key("undo", Algorithm::ec_p256);
-  ASSERT_TRUE(second) << second.error().message();
-  EXPECT_NE((*second)->public_key(), (*first)->public_key());
-  auto found = store_->signer("undo");
-  ASSERT_TRUE(found);
-  EXPECT_EQ((*found)->public_key(), (*second)->public_key());
+  ASSERT_TRUE(store_->destroy_signing_key("pair"));
+  EXPECT_EQ(raw.find(CKO_PRIVATE_KEY, "pair"), CK_INVALID_HANDLE);
+  EXPECT_EQ(raw.find(CKO_PUBLIC_KEY, "pair"), CK_INVALID_HANDLE) << "the public half goes too";
+  EXPECT_NE(raw.find(CKO_PRIVATE_KEY, "undo"), CK_INVALID_HANDLE) << "another label's key stays";
 
   // Another application's object under the same label (another CKA_ID) is
   // not Keyline's to destroy: a session object, made beside the store.

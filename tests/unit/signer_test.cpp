@@ -1,5 +1,6 @@
-// One suite for every key store backend (the file backend here; hardware
-// backends register themselves in the same list when they exist).
+// The file key store against the checks every key store passes
+// (key_store_checks.hpp; the PKCS#11 and TPM tests run them on their own
+// fixtures), plus what the file store does with secrets.
 #include <gtest/gtest.h>
 
 #include <openssl/evp.h>
@@ -8,9 +9,12 @@
 #include "keyline/hsm/key_store.hpp"
 #include "keyline/hsm/pkcs11_uri.hpp"
 #include "keyline/testkit/testkit.hpp"
+#include "key_store_checks.hpp"
 
 namespace keyline::hsm {
 namespace {
+
+using namespace test;
 
 struct Backend {
   std::string name;
@@ -27,14 +31,6 @@ class KeyStoreSuite : public ::testing::TestWithParam<Backend> {
   testkit::TempDir dir_;
   std::unique_ptr<KeyStore> store_;
 };
-
-bool verifies(const Signer& signer, ByteView message, ByteView signature) {
-  auto pub = public_key_from_der(signer.public_key());
-  EXPECT_TRUE(pub);
-  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
-  EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(digest_for(signer.algorithm())), nullptr, pub->get());
-  return EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
-}
 
 TEST_P(KeyStoreSuite, GeneratedKeysSignVerifiably) {
   for (Algorithm a : {Algorithm::ec_p256, Algorithm::ec_p384, Algorithm::rsa_2048}) {
@@ -59,15 +55,7 @@ TEST_P(KeyStoreSuite, GeneratedKeysSignVerifiably) {
 }
 
 TEST_P(KeyStoreSuite, NeverOverwritesAKeyAndNamesMissingOnes) {
-  ASSERT_TRUE(store_->generate_signing_key("ca", Algorithm::ec_p256));
-  auto dup = store_->generate_signing_key("ca", Algorithm::ec_p256);
-  ASSERT_FALSE(dup);
-  EXPECT_EQ(dup.error().domain(), Domain::keystore);
-  auto missing = store_->signer("nope");
-  ASSERT_FALSE(missing);
-  EXPECT_EQ(missing.error().domain(), Domain::keystore);
-  EXPECT_NE(missing.error().message().find("'nope'"), std::string::npos);
-  EXPECT_FALSE(store_->generate_signing_key("bad label", Algorithm::ec_p256));
+  expect_never_overwrites_and_names_missing_keys(*store_);
 }
 
 TEST_P(KeyStoreSuite, WrongDigestLengthIsRefused) {
@@ -95,27 +83,18 @@ TEST_P(KeyStoreSuite, SecretHmacMatchesRfc4231) {
 }
 
 TEST_P(KeyStoreSuite, DestroyRemovesOnlyTheNamedKeyOrSecret) {
-  auto gone = store_->generate_signing_key("gone", Algorithm::ec_p256);
-  ASSERT_TRUE(gone) << gone.error().message();
+  expect_destroy_frees_the_label(*store_, "gone");
   ASSERT_TRUE(store_->generate_signing_key("kept", Algorithm::ec_p256));
-  ASSERT_TRUE(store_->generate_secret("gone"));  // a secret may share a key's label
-  ASSERT_TRUE(store_->destroy_signing_key("gone"));
-  EXPECT_FALSE(store_->signer("gone"));
+  ASSERT_TRUE(store_->generate_signing_key("both", Algorithm::ec_p256));
+  ASSERT_TRUE(store_->generate_secret("both"));  // a secret may share a key's label
+  ASSERT_TRUE(store_->destroy_signing_key("both"));
+  EXPECT_FALSE(store_->signer("both"));
   EXPECT_TRUE(store_->signer("kept"));
-  EXPECT_TRUE(store_->secret("gone")) << "destroying a key leaves the secret of that label";
-  auto twice = store_->destroy_signing_key("gone");
-  ASSERT_FALSE(twice);
-  EXPECT_EQ(twice.error().domain(), Domain::keystore);
-  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
-  // The label is free again: a new key under it is another key.
-  auto again = store_->generate_signing_key("gone", Algorithm::ec_p256);
-  ASSERT_TRUE(again) << again.error().message();
-  EXPECT_NE((*again)->public_key(), (*gone)->public_key());
-
-  ASSERT_TRUE(store_->destroy_secret("gone"));
-  EXPECT_FALSE(store_->secret("gone"));
+  EXPECT_TRUE(store_->secret("both")) << "destroying a key leaves the secret of that label";
+  ASSERT_TRUE(store_->destroy_secret("both"));
+  EXPECT_FALSE(store_->secret("both"));
   EXPECT_TRUE(store_->signer("gone"));
-  EXPECT_FALSE(store_->destroy_secret("gone"));
+  EXPECT_FALSE(store_->destroy_secret("both"));
   auto listed = store_->list();
   ASSERT_TRUE(listed);
   EXPECT_EQ(listed->size(), 2u);  // "gone" (the new key) and "kept"

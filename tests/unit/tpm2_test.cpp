@@ -1,5 +1,6 @@
 // The tpm2: key store against a software TPM started per test
-// (testkit::Swtpm): the KeyStoreSuite checks, plus what only a TPM shows --
+// (testkit::Swtpm): the checks every key store passes (key_store_checks.hpp),
+// plus what only a TPM shows --
 // persistence across restarts, a crashed TPM, one owner thread.
 #include <gtest/gtest.h>
 
@@ -14,42 +15,12 @@
 #include "keyline/hsm/key_store.hpp"
 #include "keyline/testkit/swtpm.hpp"
 #include "keyline/testkit/testkit.hpp"
+#include "key_store_checks.hpp"
 
 namespace keyline::hsm {
 namespace {
 
-Bytes bytes_of(std::string_view s) { return Bytes(s.begin(), s.end()); }
-
-// A PIN / auth file as an operator should make it: owner-only.
-void write_secret_file(const testkit::fs::path& path, const std::string& text) {
-  testkit::write_file(path, text);
-  testkit::fs::permissions(path, testkit::fs::perms::owner_read | testkit::fs::perms::owner_write);
-}
-
-Bytes digest_of(ByteView message, Algorithm a) {
-  Bytes digest(digest_size(digest_for(a)));
-  unsigned int len = 0;
-  EVP_Digest(message.data(), message.size(), digest.data(), &len, evp_md(digest_for(a)), nullptr);
-  return digest;
-}
-
-bool verifies(const Signer& signer, ByteView message, ByteView signature) {
-  auto pub = public_key_from_der(signer.public_key());
-  EXPECT_TRUE(pub);
-  if (!pub) return false;
-  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
-  EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(digest_for(signer.algorithm())), nullptr, pub->get());
-  return EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
-}
-
-// Signs `message` and checks the signature with OpenSSL.
-::testing::AssertionResult signs_verifiably(const Signer& signer, std::string_view text) {
-  Bytes message = bytes_of(text);
-  auto sig = signer.sign(digest_of(message, signer.algorithm()));
-  if (!sig) return ::testing::AssertionFailure() << sig.error().message();
-  if (!verifies(signer, message, *sig)) return ::testing::AssertionFailure() << "signature does not verify";
-  return ::testing::AssertionSuccess();
-}
+using namespace test;
 
 class TpmStore : public ::testing::Test {
  protected:
@@ -98,40 +69,19 @@ INSTANTIATE_TEST_SUITE_P(Algorithms, TpmKeyStore,
                          });
 
 TEST_F(TpmStore, NeverOverwritesAKeyAndNamesMissingOnes) {
-  auto first = store_->generate_signing_key("ca", Algorithm::ec_p256);
-  ASSERT_TRUE(first) << first.error().message();
-  auto dup = store_->generate_signing_key("ca", Algorithm::ec_p256);
-  ASSERT_FALSE(dup);
-  EXPECT_EQ(dup.error().domain(), Domain::keystore);
-  EXPECT_NE(dup.error().message().find("already exists"), std::string::npos) << dup.error().message();
-  auto kept = store_->signer("ca");
-  ASSERT_TRUE(kept);
-  EXPECT_EQ((*kept)->public_key(), (*first)->public_key());
-  auto missing = store_->signer("nope");
-  ASSERT_FALSE(missing);
-  EXPECT_EQ(missing.error().domain(), Domain::keystore);
-  EXPECT_NE(missing.error().message().find("'nope'"), std::string::npos);
-  EXPECT_FALSE(store_->generate_signing_key("bad label", Algorithm::ec_p256));
+  expect_never_overwrites_and_names_missing_keys(*store_);
   EXPECT_FALSE(store_->is_development());
 }
 
 TEST_F(TpmStore, DestroyEvictsTheKeyAndFreesItsHandle) {
-  auto first = store_->generate_signing_key("undo", Algorithm::ec_p256);
-  ASSERT_TRUE(first) << first.error().message();
-  ASSERT_TRUE(signs_verifiably(**first, "before"));  // the ESYS object is cached
-  ASSERT_TRUE(store_->destroy_signing_key("undo"));
-  EXPECT_FALSE(store_->signer("undo"));
-  auto twice = store_->destroy_signing_key("undo");
-  ASSERT_FALSE(twice);
-  EXPECT_NE(twice.error().message().find("not found"), std::string::npos) << twice.error().message();
-  auto second = store_->generate_signing_key("undo", Algorithm::ec_p256);
-  ASSERT_TRUE(second) << second.error().message();
-  EXPECT_NE((*second)->public_key(), (*first)->public_key());
-  EXPECT_TRUE(signs_verifiably(**second, "after"));
-  reopen();
+  expect_destroy_frees_the_label(*store_, "undo");
+  auto now = store_->signer("undo");
+  ASSERT_TRUE(now) << now.error().message();
+  Bytes public_key = (*now)->public_key();
+  reopen();  // the new key is the one persisted under the freed handle
   auto found = store_->signer("undo");
   ASSERT_TRUE(found) << found.error().message();
-  EXPECT_EQ((*found)->public_key(), (*second)->public_key());
+  EXPECT_EQ((*found)->public_key(), public_key);
   EXPECT_FALSE(store_->destroy_secret("undo"));  // secrets: not supported
 }
 
