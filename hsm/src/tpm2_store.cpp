@@ -257,8 +257,23 @@ class Tpm {
                                handle, &persistent);
         if (rc != TSS2_RC_SUCCESS)
           return std::unexpected(tpm_error(rc, "making " + what + " persistent at " + hex_handle(handle)));
-        KL_CHECK(remember(handle, persistent));
-        return public_info(pub->publicArea, what);
+        // The key is persistent now: if it cannot be used after all, it
+        // goes again, so that no key is left that nobody recorded.
+        auto undo = [&](const Error& e) {
+          ESYS_TR none = ESYS_TR_NONE;
+          TSS2_RC erc = Esys_EvictControl(esys_, ESYS_TR_RH_OWNER, persistent, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                          ESYS_TR_NONE, handle, &none);
+          objects_.erase(handle);
+          return std::unexpected(e.with_context(
+              erc == TSS2_RC_SUCCESS
+                  ? "the new " + what + " was made and removed again"
+                  : "the new " + what + " was made at " + hex_handle(handle) + " and could not be removed (" +
+                        tpm_error(erc, "evicting it").message() + "); evict it with the TPM's tools"));
+        };
+        if (auto kept = remember(handle, persistent); !kept) return undo(kept.error());
+        auto info = public_info(pub->publicArea, what);
+        if (!info) return undo(info.error());
+        return info;
       });
     });
   }
