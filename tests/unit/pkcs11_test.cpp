@@ -1,7 +1,7 @@
 // The pkcs11: key store against a real SoftHSM2 token made per test
 // (testkit::SoftHsm): the checks every key store passes (key_store_checks.hpp),
-// plus what only a token can
-// show -- keys that never leave it, PIN handling, session recovery.
+// plus what only a token can show -- keys that never leave it, PIN handling,
+// session recovery.
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>
@@ -147,13 +147,13 @@ INSTANTIATE_TEST_SUITE_P(Algorithms, Pkcs11KeyStore,
                          });
 
 TEST_F(Pkcs11Store, NeverOverwritesAKeyAndNamesMissingOnes) {
-  expect_never_overwrites_and_names_missing_keys(*store_);
+  ASSERT_NO_FATAL_FAILURE(expect_never_overwrites_and_names_missing_keys(*store_));
   EXPECT_FALSE(store_->generate_signing_key("ca", Algorithm::ec_p384)) << "not under another algorithm either";
   EXPECT_FALSE(store_->is_development());
 }
 
 TEST_F(Pkcs11Store, DestroyRemovesTheKeyPairOrTheSecret) {
-  expect_destroy_frees_the_label(*store_, "undo");
+  ASSERT_NO_FATAL_FAILURE(expect_destroy_frees_the_label(*store_, "undo"));
   // On the token itself, both halves of a pair go.
   ASSERT_TRUE(store_->generate_signing_key("pair", Algorithm::ec_p256));
   ASSERT_TRUE(store_->generate_secret("undo-secret"));

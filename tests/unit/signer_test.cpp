@@ -55,7 +55,7 @@ TEST_P(KeyStoreSuite, GeneratedKeysSignVerifiably) {
 }
 
 TEST_P(KeyStoreSuite, NeverOverwritesAKeyAndNamesMissingOnes) {
-  expect_never_overwrites_and_names_missing_keys(*store_);
+  ASSERT_NO_FATAL_FAILURE(expect_never_overwrites_and_names_missing_keys(*store_));
 }
 
 TEST_P(KeyStoreSuite, WrongDigestLengthIsRefused) {
@@ -83,7 +83,7 @@ TEST_P(KeyStoreSuite, SecretHmacMatchesRfc4231) {
 }
 
 TEST_P(KeyStoreSuite, DestroyRemovesOnlyTheNamedKeyOrSecret) {
-  expect_destroy_frees_the_label(*store_, "gone");
+  ASSERT_NO_FATAL_FAILURE(expect_destroy_frees_the_label(*store_, "gone"));
   ASSERT_TRUE(store_->generate_signing_key("kept", Algorithm::ec_p256));
   ASSERT_TRUE(store_->generate_signing_key("both", Algorithm::ec_p256));
   ASSERT_TRUE(store_->generate_secret("both"));  // a secret may share a key's label

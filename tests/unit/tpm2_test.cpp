@@ -1,7 +1,7 @@
 // The tpm2: key store against a software TPM started per test
 // (testkit::Swtpm): the checks every key store passes (key_store_checks.hpp),
-// plus what only a TPM shows --
-// persistence across restarts, a crashed TPM, one owner thread.
+// plus what only a TPM shows -- persistence across restarts, a crashed TPM,
+// one owner thread.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -69,12 +69,12 @@ INSTANTIATE_TEST_SUITE_P(Algorithms, TpmKeyStore,
                          });
 
 TEST_F(TpmStore, NeverOverwritesAKeyAndNamesMissingOnes) {
-  expect_never_overwrites_and_names_missing_keys(*store_);
+  ASSERT_NO_FATAL_FAILURE(expect_never_overwrites_and_names_missing_keys(*store_));
   EXPECT_FALSE(store_->is_development());
 }
 
 TEST_F(TpmStore, DestroyEvictsTheKeyAndFreesItsHandle) {
-  expect_destroy_frees_the_label(*store_, "undo");
+  ASSERT_NO_FATAL_FAILURE(expect_destroy_frees_the_label(*store_, "undo"));
   auto now = store_->signer("undo");
   ASSERT_TRUE(now) << now.error().message();
   Bytes public_key = (*now)->public_key();
