@@ -91,6 +91,28 @@ TEST(ProvisionFaults, TimeoutDuringKeygenIsRecorded) {
   EXPECT_EQ(scalar(st.state, "SELECT count(*) FROM certificates"), "0");
 }
 
+// [provision] rtscts = true turns RTS/CTS on for every command; --no-rtscts
+// turns it off for one. The timeout's error names the port as it was opened.
+TEST(ProvisionFaults, NoRtsctsOverridesTheConfigForOneCommand) {
+  Station st;
+  // init_station's keyline.toml ends inside [provision].
+  keyline::testkit::write_file(st.state / "keyline.toml",
+                               keyline::testkit::read_file(st.state / "keyline.toml") + "rtscts = true\n");
+  for (bool off : {false, true}) {
+    std::string serial = off ? "SN-OFF" : "SN-ON";
+    auto sim = Devsim::pty(st.dir / (serial + ".json"),
+                           {"--serial-number", serial, "--model", "M", "--keygen-delay-ms", "2500"});
+    std::vector<std::string> extra{"--keygen-timeout-ms", "200", "--baud", "4000000"};
+    if (off) extra.push_back("--no-rtscts");
+    auto r = provision(st.state, sim.port(), extra);
+    EXPECT_EQ(r.exit_code, 10) << r.err;
+    EXPECT_NE(r.err.find("did not answer KEYGEN"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("rts/cts") != std::string::npos, !off) << r.err;
+  }
+  auto both = provision(st.state, "/dev/null", {"--rtscts", "--no-rtscts"});
+  EXPECT_EQ(both.exit_code, 2) << both.err;
+}
+
 TEST(ProvisionFaults, AWrongCnCsrIsRefusedAndRecorded) {
   Station st;
   auto sim = Devsim::pty(st.dir / "d.json", {"--serial-number", "SN-W", "--model", "M", "--wrong-cn"});

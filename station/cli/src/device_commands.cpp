@@ -27,8 +27,10 @@ void add_provision_overrides(CLI::App* cmd, ProvisionOverrides& o) {
   cmd->add_option("--keygen-timeout-ms", o.keygen_timeout_ms, "KEYGEN timeout per attempt (default: 15000)")
       ->check(CLI::Range(10, 600000));
   cmd->add_option("--baud", o.baud, "Serial baud rate (default: [provision] baud)")->check(CLI::Range(1200, 4000000));
-  cmd->add_flag("--rtscts", o.rtscts,
-                "RTS/CTS hardware flow control on the serial port (default: [provision] rtscts, off)");
+  auto* on = cmd->add_flag("--rtscts", o.rtscts,
+                           "RTS/CTS hardware flow control on the serial port (default: [provision] rtscts, off)");
+  cmd->add_flag("--no-rtscts", o.no_rtscts, "No RTS/CTS flow control, whatever [provision] rtscts says")
+      ->excludes(on);
 }
 
 namespace {
@@ -79,7 +81,7 @@ Result<std::unique_ptr<ProvisionEnv>> open_provision_env(const Context& ctx, con
   KL_TRY(env->ca, ctx.state().open_authority(env->config, ctx.clock(), ctx.rng()));
   KL_TRY(env->settings, settings_for(*env, o));
   env->baud = o.baud ? o.baud : pc.baud;
-  env->rtscts = o.rtscts || pc.rtscts;
+  env->rtscts = !o.no_rtscts && (o.rtscts || pc.rtscts);
   env->session.timeout = std::chrono::milliseconds(o.timeout_ms ? o.timeout_ms : pc.timeout_ms);
   env->session.baud = env->baud;
   if (o.keygen_timeout_ms) env->session.keygen_timeout = std::chrono::milliseconds(o.keygen_timeout_ms);

@@ -21,7 +21,8 @@ struct ProvisionOverrides {
   std::int64_t timeout_ms = 0;
   std::int64_t keygen_timeout_ms = 0;
   unsigned baud = 0;
-  bool rtscts = false;  // on with --rtscts; else [provision] rtscts
+  bool rtscts = false;     // --rtscts: on for this command
+  bool no_rtscts = false;  // --no-rtscts: off for this command; neither: [provision] rtscts
 };
 
 void add_provision_overrides(CLI::App* cmd, ProvisionOverrides& o);
