@@ -77,23 +77,31 @@ bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
+// Runs `args` on a station whose ledger fails (the caller set that up):
+// the command fails naming `cause`, `made` (the key or secret file) does not
+// exist, nothing else in the state dir changed, and the trail did not grow.
+// Returns what the command printed on stderr.
+std::string expect_nothing_left(const fs::path& state, const std::vector<std::string>& args, const std::string& cause,
+                                const fs::path& made, const std::string& input = {}) {
+  std::string before = listing(state);
+  long long head = records(state);
+  auto r = kl(state, args, input);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.err, cause)) << r.err;
+  EXPECT_FALSE(fs::exists(made)) << "an unrecorded key or secret was left in the key store";
+  EXPECT_EQ(listing(state), before);
+  EXPECT_EQ(records(state), head);
+  return r.err;
+}
+
 TEST(KeyCreation, AuditKeyIsRemovedWhenTheLedgerRefusesItsRecord) {
   tk::TempDir tmp;
   fs::path state = make_ca_without_audit_key(tmp);
   refuse_records(state);
-  std::string before = listing(state);
-  long long head = records(state);
-
-  auto r = kl(state, {"audit", "key", "create"});
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains(r.err, "ledger refuses")) << r.err;
-  EXPECT_TRUE(contains(r.err, "keyline-audit") && contains(r.err, "removed"))
-      << "says what became of the key: " << r.err;
-  EXPECT_FALSE(fs::exists(state / "keys" / "keyline-audit.key.pem"))
-      << "an unrecorded key was left in the key store";
+  std::string err = expect_nothing_left(state, {"audit", "key", "create"}, "ledger refuses",
+                                        state / "keys" / "keyline-audit.key.pem");
+  EXPECT_TRUE(contains(err, "keyline-audit") && contains(err, "removed")) << "says what became of the key: " << err;
   EXPECT_FALSE(fs::exists(state / "audit.pem"));
-  EXPECT_EQ(listing(state), before);
-  EXPECT_EQ(records(state), head);
 
   // The label is free again: once the ledger takes the record, the same command works.
   accept_again(state);
@@ -107,31 +115,18 @@ TEST(KeyCreation, AuditKeyIsRemovedWhenTheCommitFails) {
   tk::TempDir tmp;
   fs::path state = make_ca_without_audit_key(tmp);
   refuse_commits(state);
-  std::string before = listing(state);
-  long long head = records(state);
-
-  auto r = kl(state, {"audit", "key", "create"});
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains(r.err, "FOREIGN KEY")) << r.err;
-  EXPECT_TRUE(contains(r.err, "keyline-audit") && contains(r.err, "removed")) << r.err;
-  EXPECT_FALSE(fs::exists(state / "keys" / "keyline-audit.key.pem"));
+  std::string err = expect_nothing_left(state, {"audit", "key", "create"}, "FOREIGN KEY",
+                                        state / "keys" / "keyline-audit.key.pem");
+  EXPECT_TRUE(contains(err, "keyline-audit") && contains(err, "removed")) << err;
   EXPECT_FALSE(fs::exists(state / "audit.pem"));
-  EXPECT_EQ(listing(state), before);
-  EXPECT_EQ(records(state), head);
 }
 
 TEST(KeyCreation, SecretIsNotCreatedWhenTheLedgerRefusesItsRecord) {
   tk::TempDir tmp;
   fs::path state = make_ca(tmp);
   refuse_records(state);
-  std::string before = listing(state);
-
-  auto r = kl(state, {"hsm", "secret", "generate", "--label", "group-a"});
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains(r.err, "ledger refuses")) << r.err;
-  EXPECT_FALSE(fs::exists(state / "keys" / "group-a.secret"))
-      << "an unrecorded secret was left in the key store";
-  EXPECT_EQ(listing(state), before);
+  expect_nothing_left(state, {"hsm", "secret", "generate", "--label", "group-a"}, "ledger refuses",
+                      state / "keys" / "group-a.secret");
 
   accept_again(state);
   auto again = kl(state, {"hsm", "secret", "generate", "--label", "group-a"});
@@ -143,18 +138,11 @@ TEST(KeyCreation, ImportedSecretIsRemovedWhenTheCommitFails) {
   tk::TempDir tmp;
   fs::path state = make_ca(tmp);
   refuse_commits(state);
-  std::string before = listing(state);
-  long long head = records(state);
-
   const std::string group_key = "ZmFjdG9yeS1ncm91cC1rZXktZm9yLWtleS10ZXN0cw==";
-  auto r = kl(state, {"hsm", "secret", "import", "--label", "group-b"}, group_key + "\n");
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains(r.err, "FOREIGN KEY")) << r.err;
-  EXPECT_TRUE(contains(r.err, "group-b") && contains(r.err, "removed")) << r.err;
-  EXPECT_FALSE(contains(r.err, group_key)) << "the secret itself is never in an error";
-  EXPECT_FALSE(fs::exists(state / "keys" / "group-b.secret"));
-  EXPECT_EQ(listing(state), before);
-  EXPECT_EQ(records(state), head);
+  std::string err = expect_nothing_left(state, {"hsm", "secret", "import", "--label", "group-b"}, "FOREIGN KEY",
+                                        state / "keys" / "group-b.secret", group_key + "\n");
+  EXPECT_TRUE(contains(err, "group-b") && contains(err, "removed")) << err;
+  EXPECT_FALSE(contains(err, group_key)) << "the secret itself is never in an error";
 }
 
 }  // namespace

@@ -68,6 +68,17 @@ std::vector<std::string> names(const fs::path& dir) {
   return out;
 }
 
+// A station at work in `dir`: ledger.db with certificate "01", its writer
+// open (so -wal and -shm exist) and certificate "02" committed through it.
+Result<Ledger> station_at_work(const fs::path& dir) {
+  fs::create_directory(dir);
+  make_ledger(dir / "ledger.db");
+  auto writer = Ledger::open(dir / "ledger.db");
+  if (!writer) return writer;
+  KL_CHECK(insert(*writer, certificate_record("02", "dev-2")));
+  return writer;
+}
+
 bool opened_immutable(const Ledger& l) {
   return sqlite3_uri_boolean(sqlite3_db_filename(l.handle(), "main"), "immutable", 0) != 0;
 }
@@ -110,16 +121,13 @@ TEST(LedgerReadOnly, ReadsACopyNobodyMayWriteAndWritesNothing) {
 TEST(LedgerReadOnly, AnotherAccountNeverReadsALiveLedgerUnlocked) {
   testkit::TempDir tmp;
   fs::path dir = tmp / "live";
-  fs::create_directory(dir);
   fs::path path = dir / "ledger.db";
-  make_ledger(path);
+  auto writer = station_at_work(dir);  // -wal and -shm exist
+  ASSERT_TRUE(writer) << writer.error().message();
   ::chmod(tmp.path().c_str(), 0755);
   ::chmod(dir.c_str(), 0755);
-  ::chmod(path.c_str(), 0644);
-  auto writer = Ledger::open(path);  // the station at work: -wal and -shm exist
-  ASSERT_TRUE(writer) << writer.error().message();
-  ASSERT_TRUE(insert(*writer, certificate_record("02", "dev-2")));
-  ::chmod((path.string() + "-shm").c_str(), 0644);
+  // The writer made -wal and -shm with the ledger's bits of then: all three readable by others.
+  for (const char* suffix : {"", "-wal", "-shm"}) ::chmod((path.string() + suffix).c_str(), 0644);
   {
     auto own = Ledger::open_readonly(path);  // the owner reads through the locks too
     ASSERT_TRUE(own) << own.error().message();
@@ -153,12 +161,9 @@ TEST(LedgerReadOnly, AnotherAccountNeverReadsALiveLedgerUnlocked) {
 TEST(LedgerReadOnly, AReaderBesideItsWriterAlwaysSeesItsCommits) {
   testkit::TempDir tmp;
   fs::path dir = tmp / "station";
-  fs::create_directory(dir);
   fs::path path = dir / "ledger.db";
-  make_ledger(path);
-  auto writer = Ledger::open(path);
+  auto writer = station_at_work(dir);
   ASSERT_TRUE(writer) << writer.error().message();
-  ASSERT_TRUE(insert(*writer, certificate_record("02", "dev-2")));
   const bool root = ::geteuid() == 0;
   if (root) {  // root writes whatever the bits say; the bits still read "copy"
     ::chmod(path.c_str(), 0444);
